@@ -1,0 +1,193 @@
+"""Turn a recipe's data split into a dataset in the project's schema, whatever its source format.
+
+Formats: ``coco``, ``voc``, ``bdd100k``, ``fred`` (converted on the fly) and ``hf`` (a folder
+written by ``hftrain convert``). With a ``cache_dir`` the converted dataset is cached there,
+keyed by the conversion options and by the path, size and modification time of every label
+file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs; FRED
+split files and each sequence's YOLO label files or coordinates.txt). Touching a label file
+rebuilds the cache; image files are not part of the key (the blacklist scan is what checks
+them). Conversion caches are written to a temporary folder and renamed into place, so
+processes converting the same split at once all end with one complete copy.
+
+``blacklist`` filters rows: a JSON file written by ``hftrain scan``, or ``"auto"``, which scans
+the split once (``scan_workers`` processes) and keeps the result in the cache folder under the
+same key; the number of rows removed goes into ``LoadedSplit.notes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from hftrain.data.report import ConversionReport
+
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hftrain"
+
+
+@dataclass
+class LoadedSplit:
+    """A dataset in the project's schema and where its image paths are rooted."""
+
+    dataset: datasets.Dataset
+    image_root: Path
+    report: ConversionReport
+    notes: list[str] = field(default_factory=list)
+    """Lines for the console (blacklist filtering, cache use)."""
+
+
+def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: list[str] | None,
+                 modality: str) -> list[Path]:
+    """The label files a conversion reads, whose path, size and mtime key its cache."""
+    if fmt in ("coco", "bdd100k"):
+        return [Path(labels)] if labels else []
+    if fmt == "voc":
+        from hftrain.data.voc import read_voc_ids, voc_set_files
+
+        devkit = Path(labels or images)
+        files = voc_set_files(devkit, list(sets or ["2007/trainval"]))
+        for spec in sets or ["2007/trainval"]:
+            year, ids = read_voc_ids(devkit, spec)
+            files.extend(devkit / year / "Annotations" / f"{name}.xml" for name in ids)
+        return files
+    if fmt == "fred":
+        from hftrain.data.fred import fred_label_files
+
+        splits = Path(labels) if labels else Path(images) / "dataset_splits"
+        return fred_label_files(images, splits, sets, modality)
+    return []
+
+
+def cache_key(fmt: str, images: str | Path, labels: str | Path | None, options: dict, files: list[Path]) -> str:
+    """A digest of the options and of each source file's path, size and modification time."""
+    stats = []
+    for path in files:
+        try:
+            info = os.stat(path)
+            stats.append([str(Path(path).resolve()), info.st_size, info.st_mtime_ns])
+        except FileNotFoundError:
+            stats.append([str(path), None, None])
+    payload = {
+        "version": CACHE_VERSION, "format": fmt, "images": str(Path(images).resolve()),
+        "labels": str(Path(labels).resolve()) if labels else None, "options": options, "files": stats,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_split(
+    fmt: str,
+    images: str,
+    labels: str | None = None,
+    *,
+    sets: list[str] | None = None,
+    modality: str = "rgb",
+    drone_classes: str = "single",
+    category_map: dict | None = None,
+    max_missing: float = 0.0,
+    read_image_sizes: bool = False,
+    subset: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    blacklist: str | None = None,
+    scan_workers: int = 1,
+    min_side: int = 1,
+) -> LoadedSplit:
+    """Read one split of a recipe.
+
+    ``fmt``: coco, voc, bdd100k, fred or hf. ``images``/``labels``: as for ``hftrain convert``
+    (hf: ``images`` is the converted folder). ``sets``: VOC ``YEAR/SPLIT`` or FRED split names.
+    ``subset``/``seed``: keep a seeded random sample of rows (counted in the report).
+    ``cache_dir``: cache conversions there (None: convert every time). ``blacklist``: a blacklist
+    JSON path or ``"auto"`` (scans once; cached in ``cache_dir``, or ~/.cache/hftrain).
+    """
+    from hftrain.data.convert import convert_source, load_converted, load_converted_report, take_subset
+
+    notes: list[str] = []
+    options = {
+        "sets": list(sets or []), "modality": modality, "drone_classes": drone_classes,
+        "category_map": category_map or {}, "max_missing": max_missing, "read_image_sizes": read_image_sizes,
+    }
+    key = None
+    if fmt == "hf":
+        dataset, root = load_converted(images)
+        report = load_converted_report(images)
+    elif cache_dir is None:
+        dataset, report, root = convert_source(
+            fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
+            category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
+        )
+    else:
+        key = cache_key(fmt, images, labels, options, source_files(fmt, images, labels, sets, modality))
+        cached = Path(cache_dir) / f"{fmt}-{key}"
+        if cached.is_dir():
+            notes.append(f"{fmt} {images}: conversion cache hit ({cached})")
+        else:
+            dataset, report, root = convert_source(
+                fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
+                category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
+            )
+            _save_atomically(dataset, report, root, fmt, cached, {"images": str(images), "labels": labels, **options})
+            notes.append(f"{fmt} {images}: converted and cached in {cached}")
+        dataset, root = load_converted(cached)
+        report = load_converted_report(cached)
+
+    if blacklist:
+        dataset, blacklist_note = _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key,
+                                                    cache_dir, scan_workers, min_side, report)
+        notes.append(blacklist_note)
+    dataset = take_subset(dataset, report, subset, seed)
+    return LoadedSplit(dataset, Path(root), report, notes)
+
+
+def _save_atomically(dataset, report, root, fmt, target: Path, sources: dict) -> None:
+    from hftrain.data.convert import save_converted
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save_converted(dataset, report, root, fmt, temporary / "data", sources)
+        try:
+            os.rename(temporary / "data", target)
+        except OSError:
+            if not target.is_dir():  # another process won the race: keep its copy
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key, cache_dir, scan_workers,
+                      min_side, report):
+    from hftrain.blacklist import apply_blacklist, load_blacklist, scan_images, scan_items
+
+    if blacklist == "auto":
+        if key is None:
+            files = source_files(fmt, images, labels, options["sets"], options["modality"]) if fmt != "hf" \
+                else [Path(images) / name for name in ("hftrain_dataset.json", "state.json")]
+            key = cache_key(fmt, images, labels, options, files)
+        path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"blacklist-{fmt}-{key}-min{min_side}.json"
+        if path.is_file():
+            entries = load_blacklist(path)
+            how = f"cached scan {path}"
+        else:
+            entries = scan_images(scan_items(dataset, root), workers=scan_workers, min_side=min_side, out=path)
+            how = f"scanned {len(dataset)} images with {scan_workers} workers, saved {path}"
+    else:
+        path = Path(blacklist)
+        entries = load_blacklist(path)
+        how = str(path)
+    before = len(dataset)
+    dataset, removed = apply_blacklist(dataset, entries)
+    if removed:
+        from hftrain.data.convert import count_boxes
+
+        report.dropped_images[f"blacklisted ({how})"] += removed
+        report.images -= removed
+        report.boxes, report.boxes_per_class = count_boxes(dataset)
+    return dataset, f"blacklist ({how}): removed {removed} of {before} images"

@@ -1,0 +1,20 @@
+"""The model registry: an explicit dict from ``model.name`` to its builder. No import magic."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hftrain.models.detector import Detector
+from hftrain.models.detr_family import build_deformable_detr, build_rt_detr
+
+Builder = Callable[..., Detector]
+
+MODELS: dict[str, Builder] = {
+    "rt_detr": build_rt_detr,
+    "deformable_detr": build_deformable_detr,
+}
+
+
+def build_model(cfg, class_names: list[str], fp32_criterion: bool = True) -> Detector:
+    """Build the detector named by ``cfg.name`` (the recipe's model section)."""
+    return MODELS[cfg.name](cfg, class_names, fp32_criterion=fp32_criterion)

@@ -1,0 +1,64 @@
+"""AdamW with parameter groups, and learning-rate schedules counted in optimizer steps.
+
+Groups: backbone vs the rest (the backbone's lr is ``lr * backbone_lr_mult``), and weight decay
+vs none (biases and normalisation weights, i.e. every parameter with at most one dimension,
+get no decay). Schedules multiply each group's peak lr by one factor per optimizer step. The
+scheduler is stepped by the loop once per real optimizer step (not prepared by Accelerate,
+which would step it once per process), so the curve is the same for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(model: nn.Module, backbone_prefixes: tuple[str, ...], lr: float, backbone_lr_mult: float,
+                 weight_decay: float) -> list[dict]:
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        in_backbone = name.startswith(backbone_prefixes)
+        decays = param.ndim > 1
+        groups.setdefault((in_backbone, decays), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": lr * (backbone_lr_mult if in_backbone else 1.0),
+            "weight_decay": weight_decay if decays else 0.0,
+            "name": f"{'backbone' if in_backbone else 'rest'}{'' if decays else '_no_decay'}",
+        }
+        for (in_backbone, decays), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: nn.Module, backbone_prefixes: tuple[str, ...], cfg) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with the recipe's optim section ``cfg``."""
+    groups = param_groups(model, backbone_prefixes, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg, peak_lr: float, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based) for the schedule ``cfg``."""
+    warmup = cfg.warmup_steps
+    if step < warmup:
+        start = cfg.warmup_start_lr / peak_lr
+        return start + (1.0 - start) * step / warmup
+    if cfg.name == "cosine":
+        floor = cfg.min_lr / peak_lr
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.name == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, peak_lr: float, total_steps: int,
+                    steps_per_epoch: int) -> LambdaLR:
+    """LambdaLR applying :func:`lr_factor` to every parameter group."""
+    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, peak_lr, total_steps, steps_per_epoch))

@@ -1,0 +1,443 @@
+"""Recipes: typed dataclasses are the schema, YAML only supplies values.
+
+A recipe file may name one ``base:`` file (relative to itself) whose values it overrides;
+command-line ``key=value`` overrides come last. Every problem (unknown key, wrong type,
+missing path) is collected and reported at once, before any model or dataset is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    name: str = "rt_detr"
+    """Registry key of the model family (see ``hftrain.models.registry.MODELS``)."""
+    pretrained: str | None = None
+    """Hub id or local directory of pretrained weights; None builds from ``config``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Overrides for the family's transformers config (architecture sizes, loss weights...)."""
+    norm: str = "default"
+    """Normalization layers: default | bn | syncbn | frozenbn | gn | cbn (RetinaNet)."""
+    norm_scope: list[str] = field(default_factory=lambda: ["backbone", "fpn", "head"])
+    """Which parts the ``norm`` swap applies to."""
+
+
+@dataclass
+class SplitConfig:
+    images: str | None = None
+    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    labels: str | None = None
+    """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
+    sets: list[str] = field(default_factory=list)
+    """Format-specific split names, e.g. VOC ``2007/trainval`` or a FRED split file."""
+    subset: int | None = None
+    """Use only this many images (a seeded random subset)."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded shapes dataset, generated into ``data.train``/``data.val`` paths' parent."""
+
+    kind: Literal["shapes"] = "shapes"
+    """Generator name."""
+    out_dir: str = "data/shapes"
+    """Where the images and COCO files are written."""
+    train_images: int = 1000
+    """Number of training images."""
+    val_images: int = 200
+    """Number of validation images."""
+    image_size: int = 128
+    """Side of the square images."""
+    seed: int = 0
+    """Generator seed."""
+
+
+@dataclass
+class DataConfig:
+    format: str = "coco"
+    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    train: SplitConfig = field(default_factory=SplitConfig)
+    """Training split."""
+    val: SplitConfig = field(default_factory=SplitConfig)
+    """Validation split."""
+    synthetic: SyntheticConfig | None = None
+    """Generate the shapes demo dataset first (its COCO files become train/val)."""
+    min_size: int = 800
+    """Resize so the shortest edge is this many pixels..."""
+    max_size: int = 1333
+    """...unless the longest edge would exceed this."""
+    hflip: float = 0.5
+    """Probability of a horizontal flip during training."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    pin_memory: bool = True
+    """Pin host memory for faster copies to a CUDA device (ignored on CPU)."""
+    category_map: dict[str, str | None] = field(default_factory=dict)
+    """Rename source categories; a null value drops that category (counted)."""
+    max_missing: float = 0.0
+    """Fraction of missing image files tolerated before loading fails."""
+    max_bad_fraction: float = 0.01
+    """Fraction of images that may fail to decode during training before the run stops."""
+    blacklist: str | None = None
+    """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
+    seed: int = 0
+    """Seed for subsets."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate of AdamW."""
+    backbone_lr_mult: float = 0.1
+    """The backbone's learning rate is ``lr`` times this."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (not applied to norms and biases)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up length in optimizer steps."""
+    warmup_start_lr: float = 0.0
+    """Learning rate at the first warm-up step (scaled per parameter group)."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule (scaled per parameter group)."""
+    milestones: list[int] = field(default_factory=list)
+    """Epochs after which the step schedule multiplies the learning rate by ``gamma``."""
+    gamma: float = 0.1
+    """Step-schedule factor."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Number of epochs."""
+    batch_size: int = 2
+    """Images per device per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    clip_max_norm: float | None = 0.1
+    """Clip the total gradient norm to this; null disables clipping."""
+    seed: int = 42
+    """Seed for model init, shuffling and augmentation."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (for smoke tests); null trains all epochs."""
+
+
+@dataclass
+class PrecisionConfig:
+    mode: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    """auto: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
+    fp32_criterion: bool = True
+    """Run the loss and Hungarian matching in fp32 (autocast off)."""
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 1
+    """Evaluate every this many epochs (and always after the last)."""
+    batch_size: int | None = None
+    """Per-device evaluation batch; null uses train.batch_size."""
+    max_detections: int = 100
+    """Detections per image kept for COCO evaluation."""
+    backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+    """COCO evaluation implementation."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1
+    """Save a checkpoint every this many epochs (and after the last)."""
+    keep: int = 2
+    """How many epoch checkpoints to keep."""
+    best_metric: str = "map"
+    """Evaluation metric that selects ``best/``."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a larger or smaller ``best_metric`` is better."""
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10
+    """Optimizer steps between log lines (console, metrics.jsonl, TensorBoard)."""
+    tensorboard: bool = True
+    """Log to TensorBoard through Accelerate when tensorboard is installed."""
+
+
+@dataclass
+class Recipe:
+    output_dir: str = "runs/default"
+    """Run directory: checkpoints, logs, metrics.jsonl, recipe.yaml, model/."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class RecipeError(Exception):
+    """One or more problems with a recipe; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str], source: str = "recipe"):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_paths: bool = True) -> Recipe:
+    """Read ``path`` (with its ``base:``), apply ``key=value`` overrides, type-check everything."""
+    path = Path(path)
+    raw = _read_with_base(path)
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not of the form key=value")
+            continue
+        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    recipe = _build(Recipe, raw, "", problems)
+    if not problems:
+        _check_values(recipe, problems)
+        if check_paths:
+            problems.extend(missing_paths(recipe))
+    if problems:
+        raise RecipeError(problems, str(path))
+    return recipe
+
+
+def _read_with_base(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError([f"recipe file {path} not found"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError([f"not valid YAML: {err}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(["the top level must be a mapping of sections"], str(path))
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise RecipeError([f"base: {base_path} not found"], str(path))
+    base_raw = yaml.safe_load(base_path.read_text()) or {}
+    if "base" in base_raw:
+        raise RecipeError([f"base: {base_path} has a base of its own; one level of inclusion only"], str(path))
+    return _merge(base_raw, raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _FREEFORM:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_FREEFORM = {"config", "category_map"}
+"""dict-typed fields whose keys are free (not schema keys)."""
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def all_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every valid dotted key of the schema."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        full = prefix + f.name
+        keys.append(full)
+        inner = _dataclass_in(hints[f.name])
+        if inner is not None:
+            keys.extend(all_keys(inner, full + "."))
+    return keys
+
+
+def _dataclass_in(hint) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]):
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    valid = all_keys()
+    for key in raw:
+        if key not in names:
+            full = prefix + str(key)
+            near = difflib.get_close_matches(full, valid, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append(f"unknown key {full!r}{hint}")
+    values = {}
+    for name in names & set(raw):
+        values[name] = _coerce(raw[name], hints[name], prefix + name, problems)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
+    """Check ``value`` against the type ``hint``; record a problem naming ``key`` if it fails."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:
+            return _coerce(value, candidates[0], key, problems)
+        for candidate in candidates:
+            trial: list[str] = []
+            result = _coerce(value, candidate, key, trial)
+            if not trial:
+                return result
+        problems.append(f"{key}: expected {_type_name(hint)}, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", problems)
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+            return []
+        return [_coerce(v, args[0], f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return {}
+        if args and args[1] is not Any:
+            return {k: _coerce(v, args[1], f"{key}.{k}", problems) for k, v in value.items()}
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-5 as a string; accept it as a float
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    problems.append(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _check_values(recipe: Recipe, problems: list[str]) -> None:
+    """Range checks that a type alone cannot express."""
+    positive = {
+        "train.epochs": recipe.train.epochs,
+        "train.batch_size": recipe.train.batch_size,
+        "train.gradient_accumulation_steps": recipe.train.gradient_accumulation_steps,
+        "eval.interval": recipe.eval.interval,
+        "checkpoint.interval": recipe.checkpoint.interval,
+        "checkpoint.keep": recipe.checkpoint.keep,
+        "log.interval": recipe.log.interval,
+        "data.min_size": recipe.data.min_size,
+        "data.max_size": recipe.data.max_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            problems.append(f"{key}: must be at least 1, got {value}")
+    if recipe.optim.lr <= 0:
+        problems.append(f"optim.lr: must be positive, got {recipe.optim.lr}")
+    if recipe.train.clip_max_norm is not None and recipe.train.clip_max_norm <= 0:
+        problems.append(f"train.clip_max_norm: must be positive or null, got {recipe.train.clip_max_norm}")
+    if recipe.data.num_workers < 0:
+        problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
+    if not 0.0 <= recipe.data.hflip <= 1.0:
+        problems.append(f"data.hflip: must be a probability in [0, 1], got {recipe.data.hflip}")
+    from hftrain.models.registry import MODELS  # the registry is the schema of model names
+
+    if recipe.model.name not in MODELS:
+        near = difflib.get_close_matches(recipe.model.name, list(MODELS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problems.append(f"model.name: unknown model {recipe.model.name!r}{hint}; known: {sorted(MODELS)}")
+
+
+def missing_paths(recipe: Recipe) -> list[str]:
+    """Data paths named by the recipe that do not exist (generated data is exempt)."""
+    if recipe.data.synthetic is not None:
+        return []
+    problems = []
+    for split_name in ("train", "val"):
+        split: SplitConfig = getattr(recipe.data, split_name)
+        for attr in ("images", "labels"):
+            value = getattr(split, attr)
+            if value is not None and not Path(value).exists():
+                problems.append(f"data.{split_name}.{attr}: path {value} does not exist")
+        if split.images is None:
+            problems.append(f"data.{split_name}.images: not set")
+    if recipe.model.pretrained and _looks_local(recipe.model.pretrained) and not Path(recipe.model.pretrained).exists():
+        problems.append(f"model.pretrained: local path {recipe.model.pretrained} does not exist")
+    return problems
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the fully resolved recipe: repeating a run needs this file alone."""
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -1,0 +1,93 @@
+"""What a run tells the user: the console (header, progress bar, log lines, metric tables),
+``metrics.jsonl`` in the run directory, and TensorBoard through Accelerate's trackers.
+
+Only the main process writes or prints; the other processes' RunLog does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from hftrain.coco_eval import TABLE
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool, accelerator=None):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.accelerator = accelerator
+        self.console = Console(highlight=False)
+        self.start = time.time()
+        self.progress: Progress | None = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def print(self, *lines: str) -> None:
+        if self.enabled:
+            for line in lines:
+                self.console.print(line, markup=False, soft_wrap=True)
+
+    def record(self, kind: str, values: dict, step: int) -> None:
+        """Append one JSON object to metrics.jsonl and send the scalars to the trackers."""
+        if not self.enabled:
+            return
+        entry = {"type": kind, "step": step, "time": round(time.time() - self.start, 3), **values}
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+            self.accelerator.log(scalars, step=step)
+
+    def header(self, rows: list[tuple[str, str]]) -> None:
+        if not self.enabled:
+            return
+        width = max(len(k) for k, _ in rows)
+        self.print("=" * 72, "hftrain: training", "=" * 72)
+        self.print(*(f"{k.ljust(width)} : {v}" for k, v in rows))
+        self.print("=" * 72)
+
+    def metrics_table(self, title: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        table = Table(title=title)
+        for label, _ in TABLE:
+            table.add_column(label, justify="right")
+        table.add_row(*(f"{metrics.get(key, float('nan')):.4f}" for _, key in TABLE))
+        self.console.print(table)
+
+    # -- progress bar, one per epoch
+    def start_epoch(self, epoch: int, total: int) -> None:
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f} (mean {task.fields[mean]:.4f}) lr {task.fields[lr]:.2e}"),
+            SpeedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, loss=0.0, mean=0.0, lr=0.0)
+
+    def advance(self, loss: float, mean: float, lr: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=loss, mean=mean, lr=lr)
+
+    def end_epoch(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class SpeedColumn(ProgressColumn):
+    """Iterations per second of the bar's task."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} it/s" if speed else "-- it/s")

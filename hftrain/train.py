@@ -1,0 +1,368 @@
+"""The training loop: one Accelerate loop for every recipe and model family.
+
+    accelerate launch hftrain/train.py RECIPE.yaml [key=value ...] [--resume [CHECKPOINT]]
+
+Reads top to bottom: recipe -> accelerator -> data -> model -> optimizer -> prepare -> epochs
+(train_one_epoch, evaluate, checkpoint) -> final model. Each feature is an ``if`` where it acts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+
+from transformers.utils import logging as hf_logging
+
+from hftrain import checkpoints
+from hftrain.coco_eval import CocoEvaluator
+from hftrain.data.loader import load_data, make_loader, materialise_synthetic
+from hftrain.models.registry import build_model
+from hftrain.optim import build_optimizer, build_scheduler
+from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
+from hftrain.runlog import RunLog
+
+
+class TooManyBadImages(RuntimeError):
+    """More images failed to decode during training than ``data.max_bad_fraction`` allows."""
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    bad_images: int = 0
+
+
+def resolve_precision(mode: str) -> str:
+    """``auto``: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
+    if mode != "auto":
+        return mode
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def use_cpu() -> bool:
+    """Train on the CPU when there is no CUDA device (or ACCELERATE_USE_CPU is set). Under torchrun
+    this makes each rank a gloo (MULTI_CPU) process rather than an independent single process."""
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return flag or not torch.cuda.is_available()
+
+
+def make_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
+    run_dir = Path(recipe.output_dir)
+    log_with = None
+    if recipe.log.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            pass
+    return Accelerator(
+        cpu=use_cpu(),
+        gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+        mixed_precision=resolve_precision(recipe.precision.mode),
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+
+
+class Normalize:
+    """uint8 batch -> float model input, on the device: ``(x / 255 - mean) / std``."""
+
+    def __init__(self, mean, std, device):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.std
+
+
+def configure_processor(detector, data_cfg) -> None:
+    """The saved image processor resizes as training did, so the pipeline sees the same sizes."""
+    if detector.image_processor is not None:
+        detector.image_processor.size = {"shortest_edge": data_cfg.min_size, "longest_edge": data_cfg.max_size}
+
+
+def model_inputs(batch: dict, normalize: Normalize, uses_pixel_mask: bool) -> dict:
+    inputs = {"pixel_values": normalize(batch["pixel_values"])}
+    if uses_pixel_mask:
+        inputs["pixel_mask"] = batch["pixel_mask"]
+    return inputs
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, normalize, recipe: Recipe,
+                    state: LoopState, log: RunLog, bad_limit: float) -> bool:
+    """One pass over ``loader``; returns False when ``train.max_steps`` stopped it early."""
+    model.train()
+    clip = recipe.train.clip_max_norm
+    window = {"loss": 0.0, "t_load": 0.0, "t_step": 0.0, "micro": 0, "clipped": 0, "syncs": 0}
+    epoch_loss, epoch_micro = 0.0, 0
+    log.start_epoch(state.epoch, len(loader))
+    tick = time.perf_counter()
+    for batch in loader:
+        t_load = time.perf_counter() - tick
+        state.bad_images += batch["skipped"]
+        if state.bad_images > bad_limit:
+            raise TooManyBadImages(
+                f"{state.bad_images} images failed to decode on this process (limit {bad_limit:.0f}, "
+                f"data.max_bad_fraction={recipe.data.max_bad_fraction}); run `hftrain scan` and set data.blacklist"
+            )
+        if batch["pixel_values"] is None:
+            tick = time.perf_counter()
+            continue
+        lr = max(group["lr"] for group in optimizer.param_groups)  # the rate this step uses
+        with accelerator.accumulate(model):
+            outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask), labels=batch["labels"])
+            loss = outputs.loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
+            optimizer.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        t_step = time.perf_counter() - tick - t_load
+        epoch_loss, epoch_micro = epoch_loss + loss_value, epoch_micro + 1
+        window["loss"] += loss_value
+        window["t_load"] += t_load
+        window["t_step"] += t_step
+        window["micro"] += 1
+        log.advance(loss_value, epoch_loss / epoch_micro, lr)
+        if accelerator.sync_gradients:
+            state.step += 1
+            window["syncs"] += 1
+            norm = float(grad_norm)
+            window["clipped"] += int(clip is not None and norm > clip)
+            log.record("step", {"epoch": state.epoch, "grad_norm": norm, "lr": lr}, state.step)
+            if state.step % recipe.log.interval == 0:
+                log_window(window, outputs, accelerator, state, log, lr)
+                window = {k: 0 for k in window}
+            if recipe.train.max_steps is not None and state.step >= recipe.train.max_steps:
+                log.end_epoch()
+                return False
+        tick = time.perf_counter()
+    log.end_epoch()
+    return True
+
+
+def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog, lr: float) -> None:
+    """Every ``log.interval`` steps: mean loss (over processes) and terms, timing shares."""
+    n = max(1, window["micro"])
+    loss = accelerator.reduce(torch.tensor(window["loss"] / n, device=accelerator.device), "mean").item()
+    terms = {(k if k.startswith("loss") else f"loss_{k}"): float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (outputs.loss_dict or {}).items()}
+    t_load, t_step = window["t_load"] / n, window["t_step"] / n
+    total = max(t_load + t_step, 1e-12)
+    values = {
+        "epoch": state.epoch, "loss": loss, "lr": lr, **terms,
+        "t_load": t_load, "t_step": t_step, "t_load_share": t_load / total, "t_step_share": t_step / total,
+        "clipped_fraction": window["clipped"] / max(1, window["syncs"]),
+    }
+    log.record("train", values, state.step)
+    log.print(
+        f"epoch {state.epoch} step {state.step} loss {loss:.4f} lr {lr:.2e} | "
+        f"t_load {t_load:.3f}s ({100 * t_load / total:.1f}%) | t_step {t_step:.3f}s ({100 * t_step / total:.1f}%)"
+    )
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEvaluator, max_detections: int) -> dict:
+    """COCO metrics over the whole loader, predictions gathered from every process."""
+    model.eval()
+    predictions = []
+    for batch in loader:
+        if batch["pixel_values"] is None:
+            continue
+        outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask))
+        results = detector.postprocess(outputs, batch["target_sizes"])
+        local = []
+        for image_id, orig, result in zip(batch["image_ids"].tolist(), batch["orig_sizes"], results):
+            keep = result["scores"].float().argsort(descending=True)[:max_detections]
+            boxes = result["boxes"][keep].float()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(orig[1]))
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(orig[0]))
+            local.append({
+                "image_id": image_id,
+                "boxes": boxes.cpu().tolist(),
+                "scores": result["scores"][keep].float().cpu().tolist(),
+                "labels": result["labels"][keep].cpu().tolist(),
+            })
+        predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
+    metrics = [evaluator.evaluate(predictions) if accelerator.is_main_process else None]
+    broadcast_object_list(metrics, from_process=0)
+    model.train()
+    return metrics[0]
+
+
+def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
+    """Run the recipe; returns the last evaluation's metrics."""
+    hf_logging.disable_progress_bar()
+    run_dir = Path(recipe.output_dir)
+    # data first (cheap failures before the model): the demo data is generated once, by the main process
+    with PartialState(cpu=use_cpu()).main_process_first():
+        data_cfg = materialise_synthetic(recipe.data)
+    data = load_data(data_cfg)
+    set_seed(recipe.train.seed)  # the same initial weights on every process
+    detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
+    configure_processor(detector, recipe.data)
+    accelerator = make_accelerator(recipe, detector.find_unused_parameters)
+    set_seed(recipe.train.seed, device_specific=True)  # augmentation differs per process
+    log = RunLog(run_dir, accelerator.is_main_process, accelerator)
+    if accelerator.is_main_process:
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    if accelerator.log_with:
+        accelerator.init_trackers("hftrain")
+
+    per_device = recipe.train.batch_size
+    train_loader = make_loader(data.train, per_device, recipe.data, shuffle=True,
+                               normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+    val_loader = make_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, shuffle=False,
+                             normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+    model = detector.model
+    optimizer = build_optimizer(model, detector.backbone_prefixes, recipe.optim)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    accum = recipe.train.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_loader) / accum)
+    total_steps = steps_per_epoch * recipe.train.epochs
+    scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, total_steps, steps_per_epoch)
+    accelerator.register_for_checkpointing(scheduler)
+    normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
+    evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
+
+    state = LoopState()
+    start_epoch = 1
+    if resume:
+        source = checkpoints.resolve_resume(run_dir, resume)
+        accelerator.load_state(str(source))
+        saved = checkpoints.read_state(source)
+        state.step, start_epoch = saved["step"], saved["epoch"] + 1
+        log.print(f"resumed from {source} (epoch {saved['epoch']}, step {saved['step']})")
+
+    processes = accelerator.num_processes
+    log.header([
+        ("output dir", str(run_dir)),
+        ("device", f"{accelerator.device} x {processes} process(es) ({accelerator.distributed_type.value})"),
+        ("model", f"{recipe.model.name} ({'pretrained ' + recipe.model.pretrained if recipe.model.pretrained else 'from scratch'}), "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"),
+        ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"),
+        ("batch per device", str(per_device)),
+        ("workers", str(recipe.data.num_workers)),
+        ("image size", f"min={recipe.data.min_size}, max={recipe.data.max_size}"),
+        ("grad accumulation", f"{accum} steps"),
+        ("effective batch", f"{per_device * accum * processes} (= {per_device} x {accum} x {processes})"),
+        ("clipping", f"clip_max_norm={recipe.train.clip_max_norm}" if recipe.train.clip_max_norm else "off"),
+        ("precision", f"{accelerator.mixed_precision} (recipe: {recipe.precision.mode}); criterion "
+                      f"{'fp32' if recipe.precision.fp32_criterion else 'autocast'}"),
+        ("schedule", f"{recipe.schedule.name}, lr {recipe.optim.lr:g}, warmup {recipe.schedule.warmup_steps} steps, "
+                     f"{total_steps} optimizer steps"),
+    ])
+    log.print(*data.notes)
+    log.record("config", {"effective_batch": per_device * accum * processes, "num_processes": processes,
+                          "precision": accelerator.mixed_precision}, state.step)
+
+    bad_limit = recipe.data.max_bad_fraction * len(data.train) / processes
+    metrics: dict = {}
+    best = None
+    epochs = recipe.train.epochs
+    for epoch in range(start_epoch, epochs + 1):
+        state.epoch = epoch
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        finished = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, detector, normalize,
+                                   recipe, state, log, bad_limit)
+        last = epoch == epochs or not finished
+        if epoch % recipe.eval.interval == 0 or last:
+            metrics = evaluate(model, val_loader, accelerator, detector, normalize, evaluator,
+                               recipe.eval.max_detections)
+            log.record("eval", {"epoch": epoch, **metrics}, state.step)
+            log.metrics_table(f"epoch {epoch} validation", metrics)
+            best = update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, log)
+        if epoch % recipe.checkpoint.interval == 0 or last:
+            checkpoints.save_checkpoint(accelerator, run_dir, epoch, state.step, recipe.checkpoint.keep)
+        if not finished:
+            break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoints.save_pretrained_dir(detector, run_dir / "model", {"epoch": state.epoch, "metrics": metrics})
+        log.print(f"saved {run_dir / 'model'} (load with AutoModelForObjectDetection.from_pretrained)")
+    accelerator.end_training()
+    return metrics
+
+
+def update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, log):
+    """Keep ``best/`` at the epoch with the best ``checkpoint.best_metric``."""
+    key = recipe.checkpoint.best_metric
+    if key not in metrics:
+        raise KeyError(f"checkpoint.best_metric: {key!r} is not an evaluation metric ({sorted(metrics)})")
+    value = metrics[key]
+    better = best is None or (value > best if recipe.checkpoint.best_mode == "max" else value < best)
+    if better and accelerator.is_main_process:
+        checkpoints.save_pretrained_dir(detector, run_dir / "best", {"epoch": epoch, key: value, "metrics": metrics})
+        log.print(f"new best {key} {value:.4f} at epoch {epoch}: {run_dir / 'best'}")
+    accelerator.wait_for_everyone()
+    return value if better else best
+
+
+def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
+    """Evaluate a run's ``best/`` (or ``model/``) weights on its recipe's validation split."""
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no recipe.yaml (is this a run directory?)")
+    source = run_dir / weights
+    if not source.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no {weights}/ directory; train first or pass another weights dir")
+    recipe = load_recipe(recipe_path)
+    recipe = replace(recipe, model=replace(recipe.model, pretrained=str(source), config={}))
+    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=resolve_precision(recipe.precision.mode))
+    data = load_data(materialise_synthetic(recipe.data))
+    detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
+    loader = make_loader(data.val, recipe.eval.batch_size or recipe.train.batch_size, recipe.data, shuffle=False,
+                         normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+    model, loader = accelerator.prepare(detector.model, loader)
+    normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
+    evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
+    metrics = evaluate(model, loader, accelerator, detector, normalize, evaluator, recipe.eval.max_detections)
+    log = RunLog(run_dir, accelerator.is_main_process)
+    log.print(f"evaluated {source} on {len(data.val)} validation images")
+    log.metrics_table(f"{source}", metrics)
+    return metrics
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hftrain train", description="Train a detector from a recipe.")
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-5")
+    parser.add_argument("--resume", nargs="?", const=True, default=None,
+                        help="resume from the run's latest checkpoint, or from the given checkpoint directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(err, file=sys.stderr)
+        return 2
+    train(recipe, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The input pipeline: uint8 resize/flip/pad, labels, and pixels equal to the reference processor's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.deformable_detr.image_processing_pil_deformable_detr import DeformableDetrImageProcessorPil
+
+from fixtures_path import fixtures_dir
+from hftrain.data.collate import Collate
+from hftrain.data.decode import decode_image
+from hftrain.data.transforms import Resize, prepare_image
+from hftrain.models.detr_family import IMAGENET_MEAN, IMAGENET_STD
+from hftrain.train import Normalize
+
+
+def test_size_and_pixels_match_the_transformers_processor():
+    """Our uint8 path + on-device normalisation vs DeformableDetrImageProcessorPil on a real image."""
+    path = fixtures_dir() / "coco" / "000000040083.jpg"
+    image = decode_image(path)
+    processor = DeformableDetrImageProcessorPil(size={"shortest_edge": 200, "longest_edge": 300}, do_pad=False)
+    reference = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    pixels, _ = prepare_image(image, np.zeros((0, 4)), (image.height, ow := image.width), Resize(200, 300), hflip=0.0)
+    assert pixels.dtype == torch.uint8
+    assert tuple(pixels.shape) == tuple(reference.shape)
+    ours = Normalize(IMAGENET_MEAN, IMAGENET_STD, "cpu")(pixels[None])[0]
+    # the processor resizes in float and rounds differently; one uint8 step is 1/255/std ~ 0.0175
+    diff = (ours - reference).abs()
+    assert diff.mean() < 0.01
+    assert diff.max() < 0.05
+    assert ow == image.width
+
+
+def test_boxes_follow_resize_and_flip():
+    image = Image.new("RGB", (200, 100))
+    boxes = np.array([[10, 20, 30, 40]], dtype=np.float32)
+    pixels, out = prepare_image(image, boxes, (100, 200), Resize(50, 1000), hflip=0.0)
+    assert tuple(pixels.shape) == (3, 50, 100)
+    assert out.tolist() == [[5.0, 10.0, 15.0, 20.0]]
+
+    class Always:
+        def random(self):
+            return 0.0
+
+    marked = np.zeros((100, 200, 3), dtype=np.uint8)
+    marked[20:60, 10:40] = 255
+    pixels, out = prepare_image(Image.fromarray(marked), boxes, (100, 200), Resize(100, 1000), hflip=1.0, rng=Always())
+    assert out.tolist() == [[200 - 10 - 30, 20.0, 30.0, 40.0]]
+    x, y, w, h = (int(v) for v in out[0])
+    assert pixels[:, y:y + h, x:x + w].float().mean() > 250  # the flipped box still covers the marked pixels
+    assert pixels[:, :, :x].float().mean() < 5
+
+
+def sample(h, w, boxes, labels, image_id, orig):
+    return {"pixel_values": torch.full((3, h, w), 7, dtype=torch.uint8), "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "class_labels": torch.tensor(labels), "image_id": image_id, "orig_size": orig}
+
+
+@pytest.mark.parametrize("by_canvas", [False, True])
+def test_collate_pads_masks_and_normalises_boxes(by_canvas):
+    a = sample(40, 60, [[6, 4, 12, 8]], [1], 11, (80, 120))
+    b = sample(50, 30, [[0, 0, 30, 50]], [2], 12, (50, 30))
+    batch = Collate(normalize_by_canvas=by_canvas)([a, None, b])
+    assert batch["skipped"] == 1 and batch["images"] == 2
+    assert tuple(batch["pixel_values"].shape) == (2, 3, 50, 60)
+    assert batch["pixel_values"].dtype == torch.uint8
+    assert batch["pixel_mask"][0, :40, :60].all() and not batch["pixel_mask"][0, 40:].any()
+    assert batch["pixel_mask"][1, :, :30].all() and not batch["pixel_mask"][1, :, 30:].any()
+    ref_a = (50, 60) if by_canvas else (40, 60)
+    expected = [(6 + 6) / ref_a[1], (4 + 4) / ref_a[0], 12 / ref_a[1], 8 / ref_a[0]]
+    assert batch["labels"][0]["boxes"][0].tolist() == pytest.approx(expected)
+    # normalised coordinates times target_sizes land back in original pixels
+    xyxy_norm = torch.tensor([(6) / ref_a[1], 4 / ref_a[0], 18 / ref_a[1], 12 / ref_a[0]])
+    h, w = batch["target_sizes"][0].tolist()
+    back = (xyxy_norm * torch.tensor([w, h, w, h])).tolist()
+    assert back == pytest.approx([12, 8, 36, 24])  # original image is 2x the resized one
+
+
+def test_decode_converts_unusual_modes_to_rgb():
+    images = fixtures_dir() / "images"
+    for name in ("pil_sample_cmyk.jpg", "hopper_gray.jpg", "p_trns_single.png", "i_trns.png", "mode_16bit.png",
+                 "transparent.webp"):
+        decoded = decode_image(images / name)
+        assert decoded.mode == "RGB", name
+    rotated = decode_image(images / "hopper_orientation_6.jpg")
+    plain = decode_image(images / "hopper.jpg")
+    assert rotated.size == plain.size[::-1] or rotated.size == plain.size
+    with pytest.raises(OSError):
+        decode_image(images / "truncated_jpeg.jpg")

@@ -6,12 +6,14 @@ from typing import Callable
 
 from hftrain.models.detector import Detector
 from hftrain.models.detr_family import build_deformable_detr, build_rt_detr
+from hftrain.models.retinanet import build_retinanet
 
 Builder = Callable[..., Detector]
 
 MODELS: dict[str, Builder] = {
     "rt_detr": build_rt_detr,
     "deformable_detr": build_deformable_detr,
+    "retinanet": build_retinanet,
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``hftrain`` command: ``hftrain train RECIPE [key=value ...]``, ``hftrain eval RUN_DIR``."""
+"""The ``hftrain`` command: one sub-command per job, each a ``*_main(argv) -> int`` in its own module."""
 
 from __future__ import annotations
 
@@ -27,9 +27,23 @@ def train_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def convert_main(argv: list[str]) -> int:
+    from hftrain.data.convert import convert_main as run
+
+    return run(argv)
+
+
+def scan_main(argv: list[str]) -> int:
+    from hftrain.blacklist import scan_main as run
+
+    return run(argv)
+
+
 COMMANDS = {
     "train": (train_main, "train a detector from a recipe"),
     "eval": (eval_main, "evaluate a run's best checkpoint"),
+    "convert": (convert_main, "convert COCO / VOC / BDD100K / FRED labels into a Hugging Face dataset"),
+    "scan": (scan_main, "decode every image and write a blacklist of broken ones"),
 }
 
 

@@ -1,4 +1,4 @@
-"""AdamW with parameter groups, and learning-rate schedules counted in optimizer steps.
+"""AdamW (or Adam, ``optim.name``) with parameter groups, and learning-rate schedules counted in optimizer steps.
 
 Groups: backbone vs the rest (the backbone's lr is ``lr * backbone_lr_mult``), and weight decay
 vs none (biases and normalisation weights, i.e. every parameter with at most one dimension,
@@ -36,10 +36,17 @@ def param_groups(model: nn.Module, backbone_prefixes: tuple[str, ...], lr: float
     ]
 
 
-def build_optimizer(model: nn.Module, backbone_prefixes: tuple[str, ...], cfg) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the recipe's optim section ``cfg``."""
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+"""``optim.name`` -> optimizer class. Adam adds weight decay to the gradient (L2); AdamW decouples it."""
+
+
+def build_optimizer(model: nn.Module, backbone_prefixes: tuple[str, ...], cfg) -> torch.optim.Optimizer:
+    """``cfg.name`` (AdamW or Adam) over :func:`param_groups` with the recipe's optim section ``cfg``."""
     groups = param_groups(model, backbone_prefixes, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    name = getattr(cfg, "name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name: unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def lr_factor(step: int, cfg, peak_lr: float, total_steps: int, steps_per_epoch: int) -> float:

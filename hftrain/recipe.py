@@ -79,6 +79,9 @@ class DataConfig:
     """Resize so the shortest edge is this many pixels..."""
     max_size: int = 1333
     """...unless the longest edge would exceed this."""
+    resize: Literal["shortest_edge", "square"] = "shortest_edge"
+    """shortest_edge keeps the aspect ratio (min_size/max_size); square resizes every image to
+    min_size x min_size, as RT-DETR's official training does (640 x 640)."""
     hflip: float = 0.5
     """Probability of a horizontal flip during training."""
     num_workers: int = 2
@@ -95,12 +98,22 @@ class DataConfig:
     """Fraction of images that may fail to decode during training before the run stops."""
     blacklist: str | None = None
     """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
+    cache_dir: str | None = None
+    """Where converted datasets (and the ``auto`` blacklist) are cached; null converts every run."""
+    modality: Literal["rgb", "event"] = "rgb"
+    """FRED: which stream to read."""
+    drone_classes: Literal["single", "models"] = "single"
+    """FRED: one ``drone`` class, or the five drone models where the labels name them."""
+    read_image_sizes: bool = False
+    """BDD100K: read each image's size instead of assuming 1280 x 720."""
     seed: int = 0
     """Seed for subsets."""
 
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "adam"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay) or adam (weight decay added to the gradient, as L2)."""
     lr: float = 1e-4
     """Peak learning rate of AdamW."""
     backbone_lr_mult: float = 0.1
@@ -163,6 +176,8 @@ class EvalConfig:
     """Detections per image kept for COCO evaluation."""
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
     """COCO evaluation implementation."""
+    voc: bool = False
+    """Also compute PASCAL VOC AP at IoU 0.5 (voc07_map: 11-point, voc_map: all-point; difficult ignored)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from hftrain.models.registry import build_model
 from hftrain.optim import build_optimizer, build_scheduler
 from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
 from hftrain.runlog import RunLog
+from hftrain.voc_eval import VocEvaluator
 
 
 class TooManyBadImages(RuntimeError):
@@ -93,7 +94,11 @@ class Normalize:
 
 def configure_processor(detector, data_cfg) -> None:
     """The saved image processor resizes as training did, so the pipeline sees the same sizes."""
-    if detector.image_processor is not None:
+    if detector.image_processor is None:
+        return
+    if data_cfg.resize == "square":
+        detector.image_processor.size = {"height": data_cfg.min_size, "width": data_cfg.min_size}
+    else:
         detector.image_processor.size = {"shortest_edge": data_cfg.min_size, "longest_edge": data_cfg.max_size}
 
 
@@ -180,8 +185,9 @@ def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEvaluator, max_detections: int) -> dict:
-    """COCO metrics over the whole loader, predictions gathered from every process."""
+def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEvaluator, max_detections: int,
+             voc_evaluator: VocEvaluator | None = None) -> dict:
+    """COCO metrics (and VOC AP with a ``voc_evaluator``) over the whole loader, predictions gathered from every process."""
     model.eval()
     predictions = []
     for batch in loader:
@@ -203,6 +209,8 @@ def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEva
             })
         predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
     metrics = [evaluator.evaluate(predictions) if accelerator.is_main_process else None]
+    if voc_evaluator is not None and accelerator.is_main_process:  # eval.voc: VOC07 11-point and all-point AP@0.5
+        metrics[0].update(voc_evaluator.evaluate(predictions))
     broadcast_object_list(metrics, from_process=0)
     model.train()
     return metrics[0]
@@ -229,9 +237,11 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
 
     per_device = recipe.train.batch_size
     train_loader = make_loader(data.train, per_device, recipe.data, shuffle=True,
-                               normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+                               normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
+                             pad_to_multiple=detector.pad_to_multiple)
     val_loader = make_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, shuffle=False,
-                             normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+                             normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
+                             pad_to_multiple=detector.pad_to_multiple)
     model = detector.model
     optimizer = build_optimizer(model, detector.backbone_prefixes, recipe.optim)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -242,6 +252,7 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
     accelerator.register_for_checkpointing(scheduler)
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
+    voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
 
     state = LoopState()
     start_epoch = 1
@@ -287,9 +298,11 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
         last = epoch == epochs or not finished
         if epoch % recipe.eval.interval == 0 or last:
             metrics = evaluate(model, val_loader, accelerator, detector, normalize, evaluator,
-                               recipe.eval.max_detections)
+                               recipe.eval.max_detections, voc_evaluator)
             log.record("eval", {"epoch": epoch, **metrics}, state.step)
             log.metrics_table(f"epoch {epoch} validation", metrics)
+            if recipe.eval.voc:
+                log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
             best = update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, log)
         if epoch % recipe.checkpoint.interval == 0 or last:
             checkpoints.save_checkpoint(accelerator, run_dir, epoch, state.step, recipe.checkpoint.keep)
@@ -333,11 +346,14 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     data = load_data(materialise_synthetic(recipe.data))
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
     loader = make_loader(data.val, recipe.eval.batch_size or recipe.train.batch_size, recipe.data, shuffle=False,
-                         normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed)
+                         normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
+                             pad_to_multiple=detector.pad_to_multiple)
     model, loader = accelerator.prepare(detector.model, loader)
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
-    metrics = evaluate(model, loader, accelerator, detector, normalize, evaluator, recipe.eval.max_detections)
+    voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
+    metrics = evaluate(model, loader, accelerator, detector, normalize, evaluator, recipe.eval.max_detections,
+                       voc_evaluator)
     log = RunLog(run_dir, accelerator.is_main_process)
     log.print(f"evaluated {source} on {len(data.val)} validation images")
     log.metrics_table(f"{source}", metrics)

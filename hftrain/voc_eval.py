@@ -171,3 +171,58 @@ def voc_evaluate(
     defined = [v for v in ap.values() if not np.isnan(v)]
     mean_ap = float(np.mean(defined)) if defined else float("nan")
     return VOCResult(ap=ap, mean_ap=mean_ap, npos=npos, recall=recall, precision=precision)
+
+
+def ground_truth_from_rows(rows) -> list[dict[str, np.ndarray]]:
+    """Per image (in row order) ``{"boxes" xyxy, "labels", "difficult"}`` from dataset rows.
+
+    Rows hold continuous COCO ``[x, y, w, h]`` boxes (the VOC reader already turned the
+    devkit's 1-based inclusive corners into them), so evaluation uses ``plus_one=False``: the
+    same widths as the devkit's ``x2 - x1 + 1`` on the raw corners. Crowd boxes (COCO sources)
+    are treated like difficult ones: matching them counts neither way.
+    """
+    out = []
+    for row in rows:
+        objects = row["objects"]
+        boxes = np.array([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        difficult = np.array([bool(o.get("difficult", 0)) or bool(o.get("iscrowd", 0)) for o in objects], dtype=bool)
+        labels = np.array([int(o["category"]) for o in objects], dtype=np.int64)
+        out.append({"boxes": boxes, "labels": labels, "difficult": difficult})
+    return out
+
+
+class VocEvaluator:
+    """VOC AP at IoU 0.5 of gathered predictions for the images of ``rows`` (mirrors ``CocoEvaluator``).
+
+    ``evaluate`` takes the loop's per-image ``{image_id, boxes (xyxy), scores, labels}`` dicts
+    and returns ``voc07_map`` (11-point), ``voc_map`` (all-point) and per class
+    ``voc07_ap_<name>`` / ``voc_ap_<name>`` (``nan`` for a class without non-difficult boxes,
+    left out of the means). An image without predictions counts as detecting nothing.
+    """
+
+    def __init__(self, rows, class_names: list[str], iou_threshold: float = 0.5):
+        self.class_names = list(class_names)
+        self.iou_threshold = iou_threshold
+        self.image_ids = [int(row["image_id"]) for row in rows]
+        self.gts = ground_truth_from_rows(rows)
+
+    def evaluate(self, predictions: list[dict]) -> dict[str, float]:
+        by_id: dict[int, dict] = {}
+        for pred in predictions:
+            image_id = int(pred["image_id"])
+            if image_id in by_id:
+                raise ValueError(f"predictions hold image {image_id} more than once (padding duplicates not removed?)")
+            by_id[image_id] = pred
+        unknown = set(by_id) - set(self.image_ids)
+        if unknown:
+            raise ValueError(f"predictions for {len(unknown)} image ids not in the ground truth, e.g. {min(unknown)}")
+        empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, dtype=np.int64)}
+        preds = [by_id.get(image_id, empty) for image_id in self.image_ids]
+        metrics: dict[str, float] = {}
+        for prefix, use_07 in (("voc07", True), ("voc", False)):
+            result = voc_evaluate(self.gts, preds, self.class_names, use_07_metric=use_07,
+                                  iou_threshold=self.iou_threshold, plus_one=False)
+            metrics[f"{prefix}_map"] = result.mean_ap
+            metrics.update({f"{prefix}_ap_{name}": value for name, value in result.ap.items()})
+        return metrics

@@ -165,3 +165,20 @@ def test_train_py_runs_as_a_script_with_overrides(tmp_path, shapes_dir):
     assert "t_load" in out and "mAP@[.5:.95]" in out
     saved = yaml.safe_load((tmp_path / "cli_run" / "recipe.yaml").read_text())
     assert saved["train"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "bdd100k", "fred"])
+def test_training_runs_from_each_formats_converted_output(tmp_path, fmt):
+    from hftrain.data.convert import convert_main
+    from tests.test_convert import _sources
+
+    out = tmp_path / "converted"
+    assert convert_main([fmt, *_sources(tmp_path)[fmt], "--out", str(out)]) == 0
+    recipe = tiny_recipe(tmp_path, tmp_path / "run", model="deformable_detr", train={"epochs": 1, "max_steps": 2,
+                                                                                    "batch_size": 2})
+    recipe["data"].update({"format": "hf", "train": {"images": str(out)}, "val": {"images": str(out)},
+                           "min_size": 64, "max_size": 96})
+    metrics = train(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
+    images = json.loads((out / "report.json").read_text())["images"]
+    assert len(records(tmp_path / "run", "step")) == min(2, -(-images // 2))  # BDD's sample has 1 image
+    assert "map" in metrics

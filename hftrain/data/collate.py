@@ -17,6 +17,8 @@ class Collate:
     """
 
     normalize_by_canvas: bool
+    pad_to_multiple: int = 1
+    """Round the canvas up to a multiple of this (RT-DETR's feature pyramid needs 32)."""
 
     def __call__(self, samples: list[dict | None]) -> dict:
         kept = [s for s in samples if s is not None]
@@ -25,6 +27,8 @@ class Collate:
             return {"pixel_values": None, "skipped": skipped, "images": 0}
         height = max(s["pixel_values"].shape[1] for s in kept)
         width = max(s["pixel_values"].shape[2] for s in kept)
+        step = self.pad_to_multiple
+        height, width = -(-height // step) * step, -(-width // step) * step
         pixels = torch.zeros((len(kept), 3, height, width), dtype=torch.uint8)
         mask = torch.zeros((len(kept), height, width), dtype=torch.long)
         labels, sizes, orig_sizes, image_ids = [], [], [], []

@@ -91,16 +91,16 @@ def load_data(data_cfg) -> DataBundle:
         split = getattr(data_cfg, name)
         loaded[name] = load_split(
             data_cfg.format, split.images, split.labels,
-            max_missing=data_cfg.max_missing, category_map=data_cfg.category_map or None,
+            sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
+            category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
+            read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,
         )
-        if split.subset is not None and split.subset < len(loaded[name].dataset):
-            rows = loaded[name].dataset.shuffle(seed=data_cfg.seed).select(range(split.subset))
-            loaded[name] = replace(loaded[name], dataset=rows.sort("image_id"))
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:
         raise ValueError(f"data.val: class names {val_names} differ from data.train's {class_names}")
-    resize = Resize(data_cfg.min_size, data_cfg.max_size)
+    resize = Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square")
     notes = [line for split in loaded.values() for line in split.report.lines() + split.notes]
     return DataBundle(
         train=DetectionDataset(loaded["train"], resize, hflip=data_cfg.hflip),
@@ -111,7 +111,7 @@ def load_data(data_cfg) -> DataBundle:
 
 
 def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, normalize_by_canvas: bool,
-                seed: int) -> DataLoader:
+                seed: int, pad_to_multiple: int = 1) -> DataLoader:
     workers = data_cfg.num_workers
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -120,7 +120,7 @@ def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, n
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        collate_fn=Collate(normalize_by_canvas=normalize_by_canvas),
+        collate_fn=Collate(normalize_by_canvas=normalize_by_canvas, pad_to_multiple=pad_to_multiple),
         pin_memory=data_cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,

@@ -19,12 +19,16 @@ from transformers.image_transforms import get_size_with_aspect_ratio
 
 @dataclass
 class Resize:
-    """Shortest edge to ``min_size`` unless the longest edge would exceed ``max_size``."""
+    """Shortest edge to ``min_size`` unless the longest edge would exceed ``max_size``;
+    with ``square``, every image to ``min_size`` x ``min_size`` (aspect ratio not kept)."""
 
     min_size: int
     max_size: int
+    square: bool = False
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.square:
+            return self.min_size, self.min_size
         return get_size_with_aspect_ratio((height, width), self.min_size, self.max_size)
 
 

@@ -33,6 +33,8 @@ class Detector:
     uses_pixel_mask: bool = True
     """True when the model reads pixel_mask (DETR, Deformable DETR): boxes are then normalised
     by each image's own size; otherwise by the padded canvas the model sees."""
+    pad_to_multiple: int = 1
+    """The padded canvas is rounded up to a multiple of this many pixels."""
     find_unused_parameters: bool = False
     """Whether DDP must look for parameters that get no gradient in this family."""
     backbone_prefixes: tuple[str, ...] = field(default=("model.backbone",))

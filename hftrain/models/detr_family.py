@@ -90,6 +90,7 @@ def build_rt_detr(cfg, class_names: list[str], fp32_criterion: bool = True) -> D
         image_mean=(0.0, 0.0, 0.0),
         image_std=(1.0, 1.0, 1.0),
         uses_pixel_mask=False,
+        pad_to_multiple=32,  # the encoder's FPN adds stride-8/16/32 maps: sizes must divide evenly
         find_unused_parameters=False,
         backbone_prefixes=("model.backbone",),
     )

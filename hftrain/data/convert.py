@@ -1,0 +1,233 @@
+"""``hftrain convert``: turn a COCO, VOC, BDD100K or FRED source into a saved dataset.
+
+The output folder holds ``datasets.save_to_disk`` files in the project's schema (class names
+in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, sources) and
+``report.json`` (images, boxes per class, and every dropped or changed box or image by reason).
+Images are referenced by path, relative to the recorded image root; ``--embed-images`` stores
+the encoded bytes in the dataset instead (the paths stay, as the rows' keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+
+from hftrain.data.coco import DatasetError
+from hftrain.data.report import ConversionReport
+from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
+
+FORMATS = ("coco", "voc", "bdd100k", "fred")
+REPORT_FILE = "report.json"
+
+
+def convert_source(
+    fmt: str,
+    images: str | Path,
+    labels: str | Path | None = None,
+    *,
+    sets: list[str] | None = None,
+    modality: str = "rgb",
+    drone_classes: str = "single",
+    category_map: dict[str, str | None] | None = None,
+    max_missing: float = 0.0,
+    read_image_sizes: bool = False,
+    check_files: bool = True,
+) -> tuple[datasets.Dataset, ConversionReport, Path]:
+    """Read one source with its format's reader: (dataset, report, image root)."""
+    images = Path(images)
+    if fmt in ("coco", "bdd100k") and not labels:
+        raise DatasetError(f"{fmt}: a label file is needed (--labels / data.<split>.labels)")
+    if fmt in ("coco", "bdd100k") and sets:
+        raise DatasetError(f"{fmt}: sets/--split apply to voc and fred only (got {sets})")
+    if fmt == "coco":
+        from hftrain.data.coco import read_coco
+
+        dataset, report = read_coco(images, labels, category_map, max_missing, check_files)
+    elif fmt == "bdd100k":
+        from hftrain.data.bdd100k import read_bdd100k
+
+        dataset, report = read_bdd100k(images, labels, category_map, max_missing, check_files, read_image_sizes)
+    elif fmt == "voc":
+        from hftrain.data.voc import read_voc
+
+        dataset, report = read_voc(labels or images, sets or ["2007/trainval"], category_map, max_missing, check_files)
+        images = Path(labels or images)
+    elif fmt == "fred":
+        from hftrain.data.fred import read_fred
+
+        dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files)
+    else:
+        raise DatasetError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)}, hf)")
+    return dataset, report, images.resolve()
+
+
+def report_from_dict(data: dict) -> ConversionReport:
+    """The inverse of ``ConversionReport.to_dict``."""
+    return ConversionReport(
+        source=data["source"], images=data["images"], boxes=data["boxes"],
+        boxes_per_class=Counter(data.get("boxes_per_class", {})),
+        dropped_boxes=Counter(data.get("dropped_boxes", {})),
+        changed_boxes=Counter(data.get("changed_boxes", {})),
+        dropped_images=Counter(data.get("dropped_images", {})),
+        examples=dict(data.get("examples", {})),
+    )
+
+
+def take_subset(dataset: datasets.Dataset, report: ConversionReport, subset: int | None, seed: int) -> datasets.Dataset:
+    """A random ``subset`` of the rows (seeded, kept in their original order); the rest counted."""
+    if subset is None or subset >= len(dataset):
+        return dataset
+    if subset < 1:
+        raise ValueError(f"subset: {subset} must be at least 1")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), size=subset, replace=False))
+    left_out = len(dataset) - subset
+    dataset = dataset.select(chosen.tolist())
+    report.dropped_images[f"left out by subset {subset} (seed {seed})"] += left_out
+    report.images = subset
+    report.boxes, report.boxes_per_class = count_boxes(dataset)
+    return dataset
+
+
+def count_boxes(dataset: datasets.Dataset) -> tuple[int, Counter]:
+    """(number of boxes, boxes per class name) in a dataset of the schema."""
+    names = dataset.features["objects"].feature["category"].names
+    column = dataset.with_format("arrow").select_columns(["objects"])[:]["objects"].combine_chunks()
+    categories = pc.list_flatten(column).field("category").to_numpy(zero_copy_only=False)
+    counts = np.bincount(categories, minlength=len(names)) if len(categories) else np.zeros(len(names), int)
+    return int(counts.sum()), Counter({names[i]: int(c) for i, c in enumerate(counts) if c})
+
+
+def embed_images(dataset: datasets.Dataset, image_root: Path) -> datasets.Dataset:
+    """Fill each row's ``image.bytes`` with its file's encoded bytes."""
+    def read(batch):
+        images = []
+        for image in batch["image"]:
+            images.append({"path": image["path"], "bytes": image["bytes"] or (image_root / image["path"]).read_bytes()})
+        return {"image": images}
+
+    return dataset.map(read, batched=True, batch_size=64, features=dataset.features, desc="embedding images")
+
+
+def save_converted(dataset: datasets.Dataset, report: ConversionReport, image_root: Path, fmt: str,
+                   out: str | Path, sources: dict | None = None, embedded: bool = False) -> Path:
+    """Write the dataset, its sidecar and its report to ``out`` (created)."""
+    out = Path(out)
+    dataset.save_to_disk(str(out))
+    sidecar = {
+        "format": fmt,
+        "image_root": str(Path(image_root).resolve()),
+        "embedded_images": embedded,
+        "sources": sources or {},
+        "class_names": dataset.features["objects"].feature["category"].names,
+    }
+    (out / IMAGE_ROOT_FILE).write_text(json.dumps(sidecar, indent=2))
+    report.save(out / REPORT_FILE)
+    return out
+
+
+def load_converted(folder: str | Path) -> tuple[datasets.Dataset, Path]:
+    """(dataset, image root) of a folder written by ``hftrain convert`` (format ``hf``)."""
+    folder = Path(folder)
+    sidecar = folder / IMAGE_ROOT_FILE
+    if not sidecar.is_file():
+        raise DatasetError(f"{folder}: no {IMAGE_ROOT_FILE}; not a dataset written by `hftrain convert`")
+    try:
+        meta = json.loads(sidecar.read_text())
+        root = Path(meta["image_root"])
+    except (json.JSONDecodeError, KeyError) as err:
+        raise DatasetError(f"{sidecar}: unreadable sidecar ({err})") from None
+    dataset = datasets.load_from_disk(str(folder))
+    if not isinstance(dataset, datasets.Dataset):
+        raise DatasetError(f"{folder}: holds a {type(dataset).__name__}, not one dataset split")
+    check_schema(dataset, str(folder))
+    return dataset, root
+
+
+def load_converted_report(folder: str | Path) -> ConversionReport:
+    """The report saved beside a converted dataset (an empty one naming the folder if absent)."""
+    path = Path(folder) / REPORT_FILE
+    if not path.is_file():
+        return ConversionReport(source=str(folder))
+    return report_from_dict(json.loads(path.read_text()))
+
+
+def _category_map(pairs: list[str]) -> dict[str, str | None]:
+    mapping: dict[str, str | None] = {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep or not source:
+            raise argparse.ArgumentTypeError(f"--category-map {pair!r}: expected SOURCE=TARGET (or SOURCE= to drop)")
+        mapping[source] = target or None
+    return mapping
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hftrain convert",
+        description="Convert a detection dataset to the project's schema (datasets.load_from_disk).",
+    )
+    parser.add_argument("format", choices=FORMATS)
+    parser.add_argument("--images", required=True,
+                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), or FRED root with sequence folders")
+    parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; VOC: unused")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--split", action="append", default=[],
+                        help="VOC YEAR/SPLIT (2007/trainval) or FRED split (canonical/train, or a split file); repeatable")
+    parser.add_argument("--subset", type=int, help="keep N random images")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --subset")
+    parser.add_argument("--embed-images", action="store_true", help="store image bytes instead of paths")
+    parser.add_argument("--max-missing", type=float, default=0.0,
+                        help="fraction of missing image files tolerated before failing (default 0)")
+    parser.add_argument("--modality", choices=("rgb", "event"), default="rgb", help="FRED stream")
+    parser.add_argument("--drone-classes", choices=("single", "models"), default="single", help="FRED classes")
+    parser.add_argument("--category-map", action="append", default=[], metavar="SOURCE=TARGET",
+                        help="rename a source category (SOURCE= drops it); repeatable")
+    parser.add_argument("--read-image-sizes", action="store_true",
+                        help="BDD100K: read each image's size instead of assuming 1280x720")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def convert_main(argv: list[str]) -> int:
+    """Run ``hftrain convert``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.max_missing <= 1.0:
+        parser.error(f"--max-missing {args.max_missing}: must be a fraction between 0 and 1")
+    try:
+        category_map = _category_map(args.category_map)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            print(f"hftrain convert: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
+    try:
+        dataset, report, root = convert_source(
+            args.format, args.images, args.labels, sets=args.split or None, modality=args.modality,
+            drone_classes=args.drone_classes, category_map=category_map, max_missing=args.max_missing,
+            read_image_sizes=args.read_image_sizes,
+        )
+    except (DatasetError, ValueError) as err:
+        print(f"hftrain convert: {err}", file=sys.stderr)
+        return 1
+    dataset = take_subset(dataset, report, args.subset, args.seed)
+    if args.embed_images:
+        dataset = embed_images(dataset, root)
+    sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
+               "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes}
+    save_converted(dataset, report, root, args.format, out, sources, embedded=args.embed_images)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {len(dataset)} images to {out} (report: {out / REPORT_FILE})")
+    return 0

@@ -1,0 +1,65 @@
+"""The same command with 2 CPU processes (gloo): it finishes, the effective batch doubles, and
+exactly one process writes logs, checkpoints and the final model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, tiny_recipe, write_recipe
+
+
+def launch(recipe_path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate if accelerate.exists() else shutil.which("accelerate")), "launch"]
+    if processes == 2:
+        command += ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]
+    else:
+        command += ["--num_processes", "1"]
+    command += ["hftrain/train.py", str(recipe_path), *overrides]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def read(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_double_the_effective_batch_and_one_writes(tmp_path, shapes_dir):
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"run{processes}"
+        recipe = tiny_recipe(shapes_dir, run_dir, train={"epochs": 2, "batch_size": 4},
+                             checkpoint={"interval": 1, "keep": 5})
+        proc = launch(write_recipe(tmp_path / f"r{processes}.yaml", recipe), processes)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[processes] = (run_dir, proc)
+
+    one, two = (read(runs[n][0]) for n in (1, 2))
+    config1 = next(r for r in one if r["type"] == "config")
+    config2 = next(r for r in two if r["type"] == "config")
+    assert (config1["num_processes"], config1["effective_batch"]) == (1, 4)
+    assert (config2["num_processes"], config2["effective_batch"]) == (2, 8)
+    assert "effective batch   : 8 (= 4 x 1 x 2)" in runs[2][1].stdout
+    assert runs[2][1].stdout.count("hftrain: training") == 1  # one header: only the main process prints
+
+    # 24 images: 6 optimizer steps per epoch alone, 3 with two processes; each step logged once
+    steps1 = [r["step"] for r in one if r["type"] == "step"]
+    steps2 = [r["step"] for r in two if r["type"] == "step"]
+    assert steps1 == list(range(1, 13))
+    assert steps2 == list(range(1, 7))
+    evals = [r for r in two if r["type"] == "eval"]
+    assert [e["epoch"] for e in evals] == [1, 2]
+
+    run2 = runs[2][0]
+    checkpoints = sorted(p.name for p in (run2 / "checkpoints").iterdir())
+    assert checkpoints == ["epoch_0001", "epoch_0002"]  # no leftovers from a second writer
+    state = json.loads((run2 / "checkpoints" / "epoch_0002" / "trainer_state.json").read_text())
+    assert state == {"epoch": 2, "step": 6}
+    # Accelerate keeps each process's RNG state in the checkpoint; everything else is written once
+    files = sorted(p.name for p in (run2 / "checkpoints" / "epoch_0002").iterdir())
+    assert "random_states_0.pkl" in files and "random_states_1.pkl" in files
+    assert (run2 / "model" / "model.safetensors").is_file() and (run2 / "best").is_dir()
+    assert not list(run2.glob("*.partial")) and not list((run2 / "checkpoints").glob("*.partial"))

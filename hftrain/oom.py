@@ -1,0 +1,221 @@
+"""Out-of-memory recovery during training, and ``train.batch_size: auto``.
+
+Recovery: on ``torch.OutOfMemoryError`` in a micro-step, the micro-batch is cut to its largest
+divisor no bigger than half (8 -> 4, 6 -> 3, 5 -> 1) and gradient accumulation multiplied by the
+same factor, so the effective batch, the optimizer steps per epoch and the learning-rate schedule
+stay the same. The partial gradients of the interrupted optimizer step are cleared, memory is
+freed, the training dataloader is rebuilt with the new micro-batch and re-prepared, positioned at
+the first sample of the interrupted step (same epoch order), and that step is done again. The
+change is logged, kept for the rest of the run, and written to the run's ``recipe.yaml``.
+With plain random batches (or ``repeat_factor`` without aspect-ratio grouping) every optimizer step
+then sees the same samples in the same order as before; grouping by aspect ratio forms different
+groups at a different batch size. Under several processes an OOM on one process cannot be
+recovered without the others (they wait in the gradient all-reduce), so there the error is
+re-raised with advice; ``train.batch_size: auto`` is the multi-process answer.
+
+``train.batch_size: auto``: before training, a few forward/backward probe steps on real training
+samples padded to the largest canvas the recipe can produce find the largest micro-batch that fits
+(the divisors of ``train.effective_batch / processes``, largest first); accumulation makes up the
+rest. Weights, buffers and random states are left as they were; the smallest choice over the
+processes wins.
+
+Test hook (not a recipe field): ``HFTRAIN_TEST_OOM_ABOVE=N`` (or ``N@K``) makes every training-mode
+forward with more than N images raise ``torch.OutOfMemoryError`` (from the K-th forward call on),
+on any device, so the recovery can be tested on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+INJECT_ENV = "HFTRAIN_TEST_OOM_ABOVE"
+PROBE_STEPS = 2
+
+
+def install_injection(model: torch.nn.Module) -> None:
+    """Register the ``HFTRAIN_TEST_OOM_ABOVE`` forward pre-hook when the variable is set."""
+    spec = os.environ.get(INJECT_ENV)
+    if not spec:
+        return
+    limit_text, _, start_text = spec.partition("@")
+    limit, start = int(limit_text), int(start_text or 1)
+    calls = {"n": 0}
+
+    def hook(module, args, kwargs):
+        if not module.training:
+            return
+        calls["n"] += 1
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        if calls["n"] >= start and pixels is not None and pixels.shape[0] > limit:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected: {INJECT_ENV}={spec}, micro-batch of {pixels.shape[0]} > {limit})")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def smaller_micro_batch(batch_size: int) -> int:
+    """The largest divisor of ``batch_size`` that is at most half of it (0 when it is 1)."""
+    return max((d for d in range(1, batch_size // 2 + 1) if batch_size % d == 0), default=0)
+
+
+class MicroBatching:
+    """The training dataloader with its micro-batch and accumulation, which OOM recovery may change.
+
+    ``rebuild(batch_size)`` returns a new prepared training dataloader. The loop iterates
+    :meth:`batches`, which follows a rebuilt loader from the interrupted step's first sample.
+    """
+
+    def __init__(self, loader, batch_size: int, accum: int, rebuild, accelerator, recipe, log):
+        self.loader = loader
+        self.batch_size = batch_size
+        self.accum = accum
+        self.rebuild = rebuild
+        self.accelerator = accelerator
+        self.recipe = recipe
+        self.log = log
+        self.switched = False
+        self.window = 0  # micro-batches yielded since the last optimizer step
+
+    def batches(self, first, state):
+        """Yield micro-batches from ``first``; after :meth:`recover`, from the rebuilt loader."""
+        source = first
+        while True:
+            self.switched = False
+            self.window = 0
+            for batch in source:
+                self.window += 1
+                yield batch
+                if self.switched:
+                    break
+                if self.accelerator.sync_gradients:
+                    self.window = 0
+            else:
+                return
+            with contextlib.suppress(Exception):
+                source.end()  # the abandoned loader leaves Accelerate's gradient state
+            source = self.loader
+            if state.batches_done:
+                source = self.accelerator.skip_first_batches(self.loader, state.batches_done)
+
+    def recover(self, err: BaseException, optimizer, state) -> None:
+        """Halve the micro-batch, double accumulation, and position the data at the interrupted step."""
+        if self.accelerator.num_processes > 1:
+            raise RuntimeError(
+                f"out of memory on process {self.accelerator.process_index} with a micro-batch of {self.batch_size}; "
+                "with several processes the run cannot shrink it on the fly: set train.batch_size: auto "
+                "(with train.effective_batch) or a smaller train.batch_size with more gradient_accumulation_steps"
+            ) from err
+        smaller = smaller_micro_batch(self.batch_size)
+        if smaller == 0:
+            raise RuntimeError("out of memory with a micro-batch of 1 image: lower data.max_size / data.min_size, "
+                               "use a smaller model or mixed precision") from err
+        optimizer.zero_grad(set_to_none=True)
+        free_memory()
+        factor = self.batch_size // smaller
+        step_start = state.batches_done - self.window  # micro-batches of this epoch's completed steps
+        old = (self.batch_size, self.accum)
+        self.batch_size, self.accum = smaller, self.accum * factor
+        old_loader = self.loader
+        self.loader = self.rebuild(smaller)
+        with contextlib.suppress(ValueError, AttributeError):
+            self.accelerator._dataloaders.remove(old_loader)  # save_state would otherwise save both
+        self.loader.set_epoch(state.epoch)
+        state.batches_done = step_start * factor
+        state.epoch_batches = len(self.loader)
+        self.accelerator.gradient_accumulation_steps = self.accum
+        self.accelerator.step = 0
+        self.switched = True
+        self.recipe = replace(self.recipe, train=replace(self.recipe.train, batch_size=self.batch_size,
+                                                         gradient_accumulation_steps=self.accum))
+        self.log.print(
+            f"[oom] out of memory at step {state.step + 1} ({str(err).splitlines()[0][:160]}); micro-batch "
+            f"{old[0]} -> {self.batch_size}, gradient accumulation {old[1]} -> {self.accum} (effective batch "
+            f"unchanged); redoing the step; kept for the rest of the run and written to recipe.yaml")
+        self.log.record("oom", {"batch_size": self.batch_size, "gradient_accumulation_steps": self.accum,
+                                "previous_batch_size": old[0], "previous_accumulation": old[1]}, state.step)
+        if self.accelerator.is_main_process:
+            from hftrain.recipe import save_recipe
+
+            save_recipe(self.recipe, Path(self.recipe.output_dir) / "recipe.yaml")
+
+
+# ---------------------------------------------------------------------------- batch_size: auto
+
+
+def worst_canvas(data_cfg, pad_to_multiple: int) -> tuple[int, int]:
+    """The largest padded canvas the recipe's resize can give a batch."""
+    side = data_cfg.min_size if data_cfg.resize == "square" else data_cfg.max_size
+    side = -(-side // pad_to_multiple) * pad_to_multiple
+    return side, side
+
+
+def pad_to(batch: dict, height: int, width: int) -> dict:
+    h, w = batch["pixel_values"].shape[-2:]
+    pad = (0, max(0, width - w), 0, max(0, height - h))
+    return {**batch, "pixel_values": F.pad(batch["pixel_values"], pad), "pixel_mask": F.pad(batch["pixel_mask"], pad)}
+
+
+def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
+    """The recipe with ``train.batch_size`` and ``gradient_accumulation_steps`` set by probing."""
+    from hftrain.data.collate import Collate
+
+    target = recipe.train.effective_batch
+    processes = accelerator.num_processes
+    if target is None or target % processes:
+        raise ValueError(f"train.batch_size: auto needs train.effective_batch divisible by the {processes} "
+                         f"process(es), got {target}")
+    per_process = target // processes
+    candidates = [d for d in range(per_process, 0, -1) if per_process % d == 0]
+    model = detector.model.to(accelerator.device)
+    collate = Collate(normalize_by_canvas=not detector.uses_pixel_mask, pad_to_multiple=detector.pad_to_multiple)
+    canvas = worst_canvas(recipe.data, detector.pad_to_multiple)
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    chosen = 0
+    with torch.random.fork_rng(devices=devices):
+        for size in candidates:
+            try:
+                for step in range(PROBE_STEPS):
+                    samples = [dataset[(step * size + i) % len(dataset)] for i in range(size)]
+                    batch = pad_to(collate(samples), *canvas)
+                    if batch.get("images", 0) < size:
+                        continue  # undecodable samples: not a fair probe of this size
+                    labels = [{k: v.to(accelerator.device) for k, v in t.items()} for t in batch["labels"]]
+                    inputs = {k: v.to(accelerator.device) for k, v in inputs_fn(batch).items()}
+                    with accelerator.autocast():
+                        loss = model(**inputs, labels=labels).loss
+                    loss.backward()
+                    model.zero_grad(set_to_none=True)
+                    del loss
+                chosen = size
+                break
+            except torch.OutOfMemoryError as err:
+                model.zero_grad(set_to_none=True)
+                free_memory()
+                log.print(f"[oom] batch_size auto: {size} does not fit ({str(err).splitlines()[0][:120]})")
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    found = torch.tensor([chosen], device=accelerator.device)
+    if processes > 1:
+        found = accelerator.gather(found)
+    chosen = int(found.min())
+    if chosen == 0:
+        raise RuntimeError("train.batch_size: auto: not even one image per micro-batch fits in memory")
+    accum = per_process // chosen
+    log.print(f"[oom] batch_size auto: micro-batch {chosen} x accumulation {accum} x {processes} process(es) "
+              f"= effective batch {target} (probed on a {canvas[0]}x{canvas[1]} canvas)")
+    return replace(recipe, train=replace(recipe.train, batch_size=chosen, gradient_accumulation_steps=accum))

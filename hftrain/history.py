@@ -21,6 +21,8 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.csv"
 BOOKKEEPING = ("type", "step", "time", "epoch")
 """Fields of every record that are not measurements."""
+STATISTIC_SUFFIXES = ("_window", "_epoch")
+"""Suffixes of summary statistics in train records (``loss_var_window``), as opposed to loss terms."""
 
 
 @dataclass
@@ -32,6 +34,9 @@ class RunHistory:
     eval: list[dict] = field(default_factory=list)
     recipe: dict = field(default_factory=dict)
     """The run's ``recipe.yaml`` as a plain dict (empty when the file is missing)."""
+    wall_time: float = 0.0
+    """Seconds the run took: each start (``config`` record) restarts the records' clock, so the
+    last ``time`` of each start is summed (time spent on steps a resume repeated included)."""
 
     @property
     def name(self) -> str:
@@ -52,11 +57,12 @@ class RunHistory:
         return list(names)
 
     def loss_terms(self) -> list[str]:
-        """The per-term losses of the train records (``loss_*``), first-seen order."""
+        """The per-term losses of the train records (``loss_*``), first-seen order; statistics of the
+        loss over a window or epoch (``loss_var_window`` ...) are not terms."""
         names: dict[str, None] = {}
         for record in self.train:
             for key in record:
-                if key.startswith("loss_"):
+                if key.startswith("loss_") and not key.endswith(STATISTIC_SUFFIXES):
                     names[key] = None
         return list(names)
 
@@ -74,6 +80,7 @@ def read_history(run_dir: str | Path) -> RunHistory:
         raise FileNotFoundError(f"{run_dir}: no {METRICS_FILE} (is this a run directory?)")
     lines = path.read_text().splitlines()
     history = RunHistory(run_dir)
+    segment_end = 0.0
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -84,6 +91,10 @@ def read_history(run_dir: str | Path) -> RunHistory:
                 break
             raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
         kind = record.get("type")
+        if kind == "config":
+            history.wall_time += segment_end
+            segment_end = 0.0
+        segment_end = max(segment_end, float(record.get("time", 0.0)))
         if kind not in ("config", "step", "train", "eval"):
             continue  # a record type this reader does not plot (other features may add some)
         records = getattr(history, kind)
@@ -94,6 +105,7 @@ def read_history(run_dir: str | Path) -> RunHistory:
             while records and records[-1]["epoch"] >= record["epoch"]:
                 records.pop()
         records.append(record)
+    history.wall_time += segment_end
     recipe_path = run_dir / "recipe.yaml"
     if recipe_path.is_file():
         history.recipe = yaml.safe_load(recipe_path.read_text()) or {}

@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=70_000)
     parser.add_argument("--boxes", type=int, default=1_300_000)
     parser.add_argument("--images", type=int, default=240)
+    parser.add_argument("--json", help="also write the rows for bench/run_all.py here")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +160,30 @@ def main() -> None:
         rate = scan["images"] / scan[f"scan_images workers={workers} s"]
         print(f"| scan images/s, {workers} worker(s) | {rate:.1f} |")
     print(f"| plain loop images/s | {scan['images'] / scan['plain PIL open+load s']:.1f} |")
+    if args.json:
+        write_rows(args.json, convert, scan)
+
+
+def write_rows(path: str, convert: dict, scan: dict) -> None:
+    """The table rows of bench/run_all.py (see bench/report.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from report import emit, row
+
+    size = f"{convert['frames']:,} frames, {convert['boxes kept']:,} boxes"
+    plain = scan["images"] / scan["plain PIL open+load s"]
+    rows = [
+        row("4 conversion", f"BDD100K-sized det_20 -> dataset ({size}): read + save time", convert["read s"] + convert["save s"],
+            None, "s", higher_is_better=False, target="(absolute)",
+            note=f"read {convert['read s']:.1f} s, save {convert['save s']:.1f} s, child wall {convert['child wall s']:.1f} s"),
+        row("4 conversion", "peak resident memory of the conversion process", convert["child peak RSS MB"], None, "MB",
+            higher_is_better=False, target="(absolute)", note=f"label file {convert['label file MB']:.0f} MB"),
+    ]
+    for workers in (1, 2):
+        rate = scan["images"] / scan[f"scan_images workers={workers} s"]
+        rows.append(row("4 scan", f"blacklist scan of 1280x720 JPEGs, {workers} worker(s), vs a plain PIL open+load loop "
+                        f"(1 process): images/s", rate, plain, "img/s", higher_is_better=True,
+                        target="(comparison)", note=f"{scan['images']} images"))
+    emit(rows, path)
 
 
 if __name__ == "__main__":

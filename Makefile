@@ -29,5 +29,9 @@ eval: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# bench/results.md and bench/results.json; BENCH_ARGS=--full for full sizes (default: < 10 min on 2 cores)
+bench: install
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf runs data/shapes

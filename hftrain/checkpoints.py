@@ -1,28 +1,58 @@
-"""Checkpoints in the run directory.
+"""Checkpoints in the run directory: atomic, verified, and enough to resume exactly.
 
-``checkpoints/epoch_NNNN/`` holds ``accelerator.save_state`` output plus ``trainer_state.json``
-(epoch and optimizer step). It is written to a temporary name and renamed when complete, so
-the latest complete checkpoint is never a half-written one. ``best/`` and ``model/`` hold
-``save_pretrained`` weights plus the image processor: loadable with
+``checkpoints/step_NNNNNNNN/`` holds ``accelerator.save_state`` output (model weights as
+safetensors, optimizer, grad scaler, every process's Python/NumPy/torch RNG states), the LR
+scheduler's state (``scheduler.pt``), ``trainer_state.json`` (epoch, optimizer step, batches
+consumed in the epoch) and ``manifest.json`` (every file's size and SHA-256). It is written
+under ``<name>.partial`` and renamed only when complete: a kill during a save leaves the
+previous checkpoint as the latest. Resuming verifies the manifest and skips, with a warning
+naming it, a checkpoint that is incomplete or corrupted.
+
+Nothing is unpickled freely: weights load from safetensors, everything else with
+``torch.load(weights_only=True)`` (NumPy's RNG types allowed); a file that needs more is refused.
+
+``best/`` and ``model/`` hold ``save_pretrained`` weights plus the image processor: loadable with
 ``AutoModelForObjectDetection.from_pretrained`` and ``pipeline("object-detection", ...)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
+import torch
+
+from hftrain import faults
+
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+SCHEDULER_FILE = "scheduler.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (incomplete, corrupted, or unsafe to load)."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int) -> Path:
-    """Save the full training state for ``epoch`` (called on every process)."""
-    final = checkpoint_dir(run_dir) / f"epoch_{epoch:04d}"
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: int) -> Path:
+    """Save the full training state (called on every process); ``state`` goes to trainer_state.json."""
+    final = checkpoint_dir(run_dir) / f"step_{state['step']:08d}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -30,9 +60,14 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps({"epoch": epoch, "step": step}))
+        torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
+        (partial / STATE_FILE).write_text(json.dumps(state))
+        files = sorted(p for p in partial.iterdir() if p.is_file())
+        manifest = {"step": state["step"], "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+        (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+        faults.kill_during_save(state["step"])
         shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        os.replace(partial, final)
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -40,24 +75,75 @@ def save_checkpoint(accelerator, run_dir: Path, epoch: int, step: int, keep: int
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Renamed-into-place checkpoints (those with a manifest), oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file())
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial") and (p / MANIFEST_FILE).is_file()]
+    return sorted(found, key=lambda p: read_state(p)["step"])
+
+
+def verify(checkpoint: Path) -> None:
+    """Raise CheckpointError unless every file in the manifest is there with its size and checksum."""
+    checkpoint = Path(checkpoint)
+    try:
+        manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{checkpoint}: no readable {MANIFEST_FILE} ({err})") from None
+    for name, expected in manifest["files"].items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"{checkpoint}: {name} is missing")
+        if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{checkpoint}: {name} does not match its checksum (corrupted)")
+    for path in checkpoint.iterdir():
+        if path.suffix in (".bin", ".pkl", ".pt"):
+            check_loads_safely(path)
+
+
+def check_loads_safely(path: Path) -> None:
+    """``torch.load(weights_only=True)`` with only NumPy's RNG types allowed; refuse anything else."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    try:
+        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refusing to load: it needs arbitrary unpickling, which can run code "
+            f"({str(err).splitlines()[0][:200]}). Only checkpoints written by hftrain are supported."
+        ) from None
 
 
 def resolve_resume(run_dir: Path, resume: str | bool) -> Path:
-    """``--resume`` with no value means the latest checkpoint of the run; else a path."""
+    """``--resume`` alone: the newest checkpoint of the run that verifies (older ones are tried
+    in turn, each skipped one named in a warning). ``--resume PATH``: that checkpoint, verified."""
     if resume is True or resume == "latest":
         found = complete_checkpoints(run_dir)
         if not found:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {checkpoint_dir(run_dir)}")
-        return found[-1]
+        for candidate in reversed(found):
+            try:
+                verify(candidate)
+                return candidate
+            except CheckpointError as err:
+                warnings.warn(f"skipping checkpoint {candidate}: {err}", stacklevel=2)
+        raise CheckpointError(f"--resume: no checkpoint under {checkpoint_dir(run_dir)} verifies")
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    verify(path)
     return path
+
+
+def load_checkpoint(accelerator, checkpoint: Path, scheduler) -> dict:
+    """Restore everything ``save_checkpoint`` wrote; returns the trainer state."""
+    accelerator.load_state(str(checkpoint))
+    scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+    state = read_state(checkpoint)
+    # load_state does not restore the save counter; keep it so automatic naming never collides
+    accelerator.project_configuration.iteration = state.get("save_count", 0)
+    return state
 
 
 def read_state(checkpoint: Path) -> dict:
@@ -73,4 +159,4 @@ def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> No
     if extra is not None:
         (partial / "hftrain_info.json").write_text(json.dumps(extra, indent=2))
     shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    os.replace(partial, target)

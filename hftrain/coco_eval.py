@@ -42,28 +42,37 @@ def ground_truth(rows, class_names: list[str]) -> dict:
 
 
 def predictions_to_coco(predictions: list[dict]) -> list[dict]:
-    """Per-image ``{image_id, boxes (xyxy), scores, labels}`` to COCO result entries (xywh)."""
-    results = []
-    for pred in predictions:
-        boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
-        for (x1, y1, x2, y2), score, label in zip(boxes, pred["scores"], pred["labels"]):
-            results.append({
-                "image_id": int(pred["image_id"]),
-                "category_id": int(label),
-                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                "score": float(score),
-            })
-    return results
+    """Per-image ``{image_id, boxes (xyxy), scores, labels}`` to COCO result entries (xywh).
+
+    Converted in one numpy pass over all detections (float64, as a per-box loop would), then
+    turned into Python numbers with ``tolist``: 500,000 detections take a fraction of a second.
+    """
+    if not predictions:
+        return []
+    counts = [len(pred["scores"]) for pred in predictions]
+    boxes = np.concatenate([np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4) for pred in predictions])
+    if len(boxes) != sum(counts):
+        raise ValueError("predictions: every image needs as many boxes as scores")
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    image_ids = np.repeat(np.asarray([int(pred["image_id"]) for pred in predictions], dtype=np.int64), counts)
+    scores = np.concatenate([np.asarray(pred["scores"], dtype=np.float64).reshape(-1) for pred in predictions])
+    labels = np.concatenate([np.asarray(pred["labels"], dtype=np.int64).reshape(-1) for pred in predictions])
+    return [
+        {"image_id": image_id, "category_id": label, "bbox": bbox, "score": score}
+        for image_id, label, bbox, score in zip(image_ids.tolist(), labels.tolist(), xywh.tolist(), scores.tolist())
+    ]
 
 
 class CocoEvaluator:
-    """Evaluate predictions for the images of ``rows``; ``last`` keeps the backend's eval object."""
+    """Evaluate predictions for the images of ``rows``; ``last`` keeps the backend's eval object
+    (None when there was nothing to evaluate) and ``predictions`` the predictions it was given."""
 
     def __init__(self, rows, class_names: list[str], backend: str = "pycocotools"):
         self.class_names = class_names
         self.backend = backend
         self.gt_dict = ground_truth(rows, class_names)
         self.last = None
+        self.predictions: list[dict] = []
 
     def _classes(self):
         if self.backend == "faster_coco_eval":
@@ -77,6 +86,7 @@ class CocoEvaluator:
 
     def evaluate(self, predictions: list[dict]) -> dict[str, float]:
         """The 12 COCO statistics plus ``ap_<class>`` per class, all in [0, 1] (-1: no such boxes)."""
+        self.last, self.predictions = None, predictions
         image_ids = [p["image_id"] for p in predictions]
         if len(set(image_ids)) != len(image_ids):
             raise ValueError("predictions hold an image more than once (padding duplicates not removed?)")

@@ -1,12 +1,18 @@
 """What a run tells the user: the console (header, progress bar, log lines, metric tables),
 ``metrics.jsonl`` in the run directory, and TensorBoard through Accelerate's trackers.
 
+``train.log`` in the run directory gets what the console shows as plain text (no colour codes),
+appended line by line as it happens (``tail -f RUN/train.log`` follows a run); each epoch's
+progress bar is written once, in its final state.
+
 Only the main process writes or prints; the other processes' RunLog does nothing.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +32,7 @@ class RunLog:
         self.console = Console(highlight=False)
         self.start = time.time()
         self.progress: Progress | None = None
+        self.log_lock = threading.Lock()  # pictures are drawn (and report failures) on another thread
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -33,6 +40,13 @@ class RunLog:
         if self.enabled:
             for line in lines:
                 self.console.print(line, markup=False, soft_wrap=True)
+            self.append_log("".join(f"{line}\n" for line in lines))
+
+    def append_log(self, text: str) -> None:
+        """Append plain text to ``train.log`` (opened per write, so every line is on disk at once)."""
+        if self.enabled and text:
+            with self.log_lock, open(self.run_dir / "train.log", "a") as handle:
+                handle.write(text)
 
     def record(self, kind: str, values: dict, step: int) -> None:
         """Append one JSON object to metrics.jsonl and send the scalars to the trackers."""
@@ -44,6 +58,22 @@ class RunLog:
         if self.accelerator is not None and self.accelerator.trackers:
             scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
             self.accelerator.log(scalars, step=step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics.jsonl records after ``step`` (and a torn last line): on resume, what the
+        interrupted run logged after its last checkpoint is logged again by the resumed run."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
 
     def header(self, rows: list[tuple[str, str]]) -> None:
         if not self.enabled:
@@ -61,11 +91,15 @@ class RunLog:
             table.add_column(label, justify="right")
         table.add_row(*(f"{metrics.get(key, float('nan')):.4f}" for _, key in TABLE))
         self.console.print(table)
+        plain = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False, highlight=False)
+        plain.print(table)
+        self.append_log(plain.file.getvalue())
 
     # -- progress bar, one per epoch
     def start_epoch(self, epoch: int, total: int) -> None:
         if not self.enabled:
             return
+        self.epoch = epoch
         self.progress = Progress(
             TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f} (mean {task.fields[mean]:.4f}) lr {task.fields[lr]:.2e}"),
@@ -82,6 +116,13 @@ class RunLog:
     def end_epoch(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            task = self.progress.tasks[0]
+            fields, speed = task.fields, task.finished_speed or task.speed
+            self.append_log(
+                f"epoch {self.epoch} {task.completed:.0f}/{task.total:.0f} "
+                f"loss {fields['loss']:.4f} (mean {fields['mean']:.4f}) lr {fields['lr']:.2e} "
+                f"{f'{speed:.2f}' if speed else '--'} it/s, {task.elapsed or 0.0:.1f}s\n"
+            )
             self.progress = None
 
 

@@ -23,11 +23,18 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 
 from transformers.utils import logging as hf_logging
 
-from hftrain import checkpoints
+from hftrain import checkpoints, faults
 from hftrain.coco_eval import CocoEvaluator
 from hftrain.data.loader import load_data, make_loader, materialise_synthetic
 from hftrain.models.registry import build_model
+from hftrain import samplers
+from hftrain.debug import DebugMonitor, check_trainable
+from hftrain.guard import NonFiniteGuard
+from hftrain.loss_stats import LossStats
+from hftrain.oom import MicroBatching, install_injection, resolve_auto_batch
 from hftrain.optim import build_optimizer, build_scheduler
+from hftrain.preemption import StopSignal
+from hftrain.pictures import RunPictures
 from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
 from hftrain.runlog import RunLog
 from hftrain.voc_eval import VocEvaluator
@@ -41,7 +48,26 @@ class TooManyBadImages(RuntimeError):
 class LoopState:
     epoch: int = 0
     step: int = 0  # optimizer steps done
+    batches_done: int = 0  # micro-batches consumed in this epoch (the dataloader position)
+    epoch_batches: int = 0  # micro-batches in a whole epoch on this process
     bad_images: int = 0
+    save_count: int = 0
+    best: float | None = None  # best value of checkpoint.best_metric so far
+
+    def saved(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
+                "epoch_complete": self.batches_done >= self.epoch_batches, "save_count": self.save_count,
+                "best": self.best}
+
+
+@dataclass
+class Health:
+    """What the loop consults to survive what it can and to say why a run is unhealthy."""
+
+    batching: MicroBatching  # the training loader; out-of-memory recovery halves its micro-batch
+    guard: NonFiniteGuard  # guard.nonfinite: skip | rollback | abort
+    stats: LossStats  # loss variance and trend, clipped fraction, gradient norm before clipping
+    debug: DebugMonitor | None = None  # debug: true
 
 
 def resolve_precision(mode: str) -> str:
@@ -76,7 +102,7 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerato
         mixed_precision=resolve_precision(recipe.precision.mode),
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),  # pinned batches: async copies
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
 
@@ -110,16 +136,21 @@ def model_inputs(batch: dict, normalize: Normalize, uses_pixel_mask: bool) -> di
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, normalize, recipe: Recipe,
-                    state: LoopState, log: RunLog, bad_limit: float) -> bool:
-    """One pass over ``loader``; returns False when ``train.max_steps`` stopped it early."""
+                    state: LoopState, log: RunLog, bad_limit: float, stop: StopSignal, health: Health) -> str:
+    """One pass over ``loader`` (which may start mid-epoch after a resume). Returns why it ended:
+    "epoch" (the data ran out), "max_steps" (``train.max_steps`` reached), "stopped" (a signal) or
+    "rollback" (the non-finite guard reloaded an earlier checkpoint; ``state`` says where to go on)."""
     model.train()
     clip = recipe.train.clip_max_norm
-    window = {"loss": 0.0, "t_load": 0.0, "t_step": 0.0, "micro": 0, "clipped": 0, "syncs": 0}
+    window = {"loss": 0.0, "t_load": 0.0, "t_step": 0.0, "micro": 0, "clipped": 0, "syncs": 0, "images": 0}
     epoch_loss, epoch_micro = 0.0, 0
+    step_loss, step_micro = 0.0, 0
+    health.stats.start_epoch()
     log.start_epoch(state.epoch, len(loader))
     tick = time.perf_counter()
-    for batch in loader:
+    for batch in health.batching.batches(loader, state):  # follows the rebuilt loader after an out-of-memory error
         t_load = time.perf_counter() - tick
+        state.batches_done += 1
         state.bad_images += batch["skipped"]
         if state.bad_images > bad_limit:
             raise TooManyBadImages(
@@ -129,43 +160,87 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
         if batch["pixel_values"] is None:
             tick = time.perf_counter()
             continue
+        if health.debug:  # debug: the class mix of the first batches
+            health.debug.batch(batch, state.epoch)
         lr = max(group["lr"] for group in optimizer.param_groups)  # the rate this step uses
-        with accelerator.accumulate(model):
-            outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask), labels=batch["labels"])
-            loss = outputs.loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
-            optimizer.step()
-            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        verdict = "ok"
+        try:
+            with accelerator.accumulate(model):
+                outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask), labels=batch["labels"])
+                loss = outputs.loss
+                health.guard.observe(outputs)  # NaN/Inf in the loss and its terms (flags only, no sync)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if health.debug:  # debug: which trainable parameters got a gradient
+                        health.debug.after_backward(state.step + 1)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
+                    verdict = health.guard.verdict(grad_norm, state, accelerator)  # ok | skip | rollback (abort raises)
+                if verdict == "ok":  # guard: a non-finite step gets no update
+                    optimizer.step()
+                if health.debug and accelerator.sync_gradients:  # debug: which parameters the step changed
+                    health.debug.after_step(state.step + 1, updated=verdict == "ok")
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError as err:  # halve the micro-batch, double accumulation, redo this optimizer step
+            health.batching.recover(err, optimizer, state)
+            tick = time.perf_counter()
+            continue
         loss_value = loss.item()
+        health.stats.add_micro(loss_value)
         t_step = time.perf_counter() - tick - t_load
         epoch_loss, epoch_micro = epoch_loss + loss_value, epoch_micro + 1
+        step_loss, step_micro = step_loss + loss_value, step_micro + 1
         window["loss"] += loss_value
         window["t_load"] += t_load
         window["t_step"] += t_step
         window["micro"] += 1
+        window["images"] += len(batch["labels"])
         log.advance(loss_value, epoch_loss / epoch_micro, lr)
         if accelerator.sync_gradients:
             state.step += 1
             window["syncs"] += 1
             norm = float(grad_norm)
             window["clipped"] += int(clip is not None and norm > clip)
-            log.record("step", {"epoch": state.epoch, "grad_norm": norm, "lr": lr}, state.step)
+            health.stats.end_step(norm, clip is not None and norm > clip)
+            if health.debug:  # debug: the learning rate of every warm-up step
+                health.debug.learning_rate(state.step, lr)
+            log.record("step", {"epoch": state.epoch, "loss": step_loss / step_micro, "grad_norm": norm, "lr": lr}, state.step)
+            step_loss, step_micro = 0.0, 0
+            if verdict == "rollback":  # guard.nonfinite: rollback: reload the last good checkpoint, lower the lr
+                log.end_epoch()
+                health.guard.roll_back(accelerator, scheduler, optimizer, state, log)
+                return "rollback"
             if state.step % recipe.log.interval == 0:
-                log_window(window, outputs, accelerator, state, log, lr)
+                log_window(window, outputs, accelerator, state, log, lr, health.stats)
                 window = {k: 0 for k in window}
+            faults.fail_at_step(state.step, accelerator.process_index)
+            every = recipe.checkpoint.every_steps
+            if every and state.step % every == 0 and state.batches_done < state.epoch_batches:
+                save_checkpoint(accelerator, recipe, scheduler, state)
+            if stop.requested(accelerator):
+                log.end_epoch()
+                save_checkpoint(accelerator, recipe, scheduler, state)
+                return "stopped"
             if recipe.train.max_steps is not None and state.step >= recipe.train.max_steps:
                 log.end_epoch()
-                return False
+                return "max_steps"
         tick = time.perf_counter()
     log.end_epoch()
-    return True
+    epoch_stats = health.stats.epoch_summary()  # loss variance and trend over the whole epoch
+    log.record("epoch", {"epoch": state.epoch, **epoch_stats}, state.step)
+    log.print(f"epoch {state.epoch} summary: loss mean {epoch_stats['loss_mean_epoch']:.4f} | "
+              f"{LossStats.line(epoch_stats, 'epoch')}")
+    return "epoch"
 
 
-def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog, lr: float) -> None:
+def save_checkpoint(accelerator, recipe: Recipe, scheduler, state: LoopState) -> None:
+    """A full checkpoint at the current optimizer step (every process calls this)."""
+    state.save_count += 1
+    checkpoints.save_checkpoint(accelerator, Path(recipe.output_dir), scheduler, state.saved(), recipe.checkpoint.keep)
+
+
+def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog, lr: float, stats: LossStats) -> None:
     """Every ``log.interval`` steps: mean loss (over processes) and terms, timing shares."""
     n = max(1, window["micro"])
     loss = accelerator.reduce(torch.tensor(window["loss"] / n, device=accelerator.device), "mean").item()
@@ -176,10 +251,13 @@ def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog
         "epoch": state.epoch, "loss": loss, "lr": lr, **terms,
         "t_load": t_load, "t_step": t_step, "t_load_share": t_load / total, "t_step_share": t_step / total,
         "clipped_fraction": window["clipped"] / max(1, window["syncs"]),
+        "images_per_second": window["images"] * accelerator.num_processes / max(window["t_load"] + window["t_step"], 1e-12),
     }
+    summary = stats.window_summary()  # loss variance, trend, clipped fraction, pre-clip grad norm
+    values.update(summary)
     log.record("train", values, state.step)
     log.print(
-        f"epoch {state.epoch} step {state.step} loss {loss:.4f} lr {lr:.2e} | "
+        f"epoch {state.epoch} step {state.step} loss {loss:.4f} lr {lr:.2e} | {LossStats.line(summary, 'window')} | "
         f"t_load {t_load:.3f}s ({100 * t_load / total:.1f}%) | t_step {t_step:.3f}s ({100 * t_step / total:.1f}%)"
     )
 
@@ -216,8 +294,9 @@ def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEva
     return metrics[0]
 
 
-def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
-    """Run the recipe; returns the last evaluation's metrics."""
+def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = False) -> dict | int:
+    """Run the recipe; returns the last evaluation's metrics (or, with ``exit_code``, the
+    process exit code: 0, or 143/130 after a SIGTERM/SIGINT checkpoint)."""
     hf_logging.disable_progress_bar()
     run_dir = Path(recipe.output_dir)
     # data first (cheap failures before the model): the demo data is generated once, by the main process
@@ -226,19 +305,24 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
     data = load_data(data_cfg)
     set_seed(recipe.train.seed)  # the same initial weights on every process
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
+    check_trainable(detector.model, f"model {recipe.model.name}")  # a frozen-everything model could never learn
+    install_injection(detector.model)  # HFTRAIN_TEST_OOM_ABOVE: tests provoke out-of-memory errors on a CPU
     configure_processor(detector, recipe.data)
     accelerator = make_accelerator(recipe, detector.find_unused_parameters)
     set_seed(recipe.train.seed, device_specific=True)  # augmentation differs per process
     log = RunLog(run_dir, accelerator.is_main_process, accelerator)
+    if recipe.train.batch_size == "auto":  # probe the largest micro-batch that fits; accumulation makes up the rest
+        probe_normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
+        recipe = resolve_auto_batch(recipe, detector, data.train, accelerator,
+                                    lambda batch: model_inputs(batch, probe_normalize, detector.uses_pixel_mask), log)
+        accelerator.gradient_accumulation_steps = recipe.train.gradient_accumulation_steps
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "recipe.yaml")
     if accelerator.log_with:
         accelerator.init_trackers("hftrain")
 
     per_device = recipe.train.batch_size
-    train_loader = make_loader(data.train, per_device, recipe.data, shuffle=True,
-                               normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
-                             pad_to_multiple=detector.pad_to_multiple)
+    train_loader = make_train_loader(data, per_device, recipe, detector)
     val_loader = make_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, shuffle=False,
                              normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
                              pad_to_multiple=detector.pad_to_multiple)
@@ -249,19 +333,35 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
     steps_per_epoch = math.ceil(len(train_loader) / accum)
     total_steps = steps_per_epoch * recipe.train.epochs
     scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, total_steps, steps_per_epoch)
-    accelerator.register_for_checkpointing(scheduler)
+    health = Health(
+        batching=MicroBatching(train_loader, per_device, accum,
+                               lambda size: accelerator.prepare(make_train_loader(data, size, recipe, detector)),
+                               accelerator, recipe, log),
+        guard=NonFiniteGuard(recipe.guard, run_dir, log, count_gradients=accelerator.mixed_precision != "fp16"),
+        stats=LossStats(recipe.log.loss_window),
+    )
+    health.guard.remember_schedule(scheduler)
+    health.guard.protect_loss(accelerator.unwrap_model(model))  # NaN predictions reach the guard, not a crash in the matcher
+    if recipe.debug:  # debug: batch histograms, gradient and update checks, NaN/Inf hooks, warm-up lr
+        health.debug = DebugMonitor(accelerator.unwrap_model(model), data.class_names, recipe.debug_batches,
+                                    recipe.schedule.warmup_steps, log, run_dir, accelerator.process_index)
+        health.guard.hooks = health.debug.hooks
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
     voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
 
-    state = LoopState()
+    state = LoopState(epoch_batches=len(train_loader))
     start_epoch = 1
     if resume:
         source = checkpoints.resolve_resume(run_dir, resume)
-        accelerator.load_state(str(source))
-        saved = checkpoints.read_state(source)
-        state.step, start_epoch = saved["step"], saved["epoch"] + 1
-        log.print(f"resumed from {source} (epoch {saved['epoch']}, step {saved['step']})")
+        saved = checkpoints.load_checkpoint(accelerator, source, scheduler)
+        state.step, state.save_count, state.best = saved["step"], saved["save_count"], saved["best"]
+        start_epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
+        state.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]
+        if accelerator.is_main_process:
+            log.truncate_after(state.step)  # drop what the interrupted run logged after this checkpoint
+        log.print(f"resumed from {source} (epoch {saved['epoch']}, step {saved['step']}, "
+                  f"{saved['batches_done']} batches into the epoch)")
 
     processes = accelerator.num_processes
     log.header([
@@ -284,37 +384,76 @@ def train(recipe: Recipe, resume: str | bool | None = None) -> dict:
     log.print(*data.notes)
     log.record("config", {"effective_batch": per_device * accum * processes, "num_processes": processes,
                           "precision": accelerator.mixed_precision}, state.step)
+    pictures = RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names)
+    pictures.label_statistics(data.train)  # plots/label_stats.png, drawn in the background
 
     bad_limit = recipe.data.max_bad_fraction * len(data.train) / processes
     metrics: dict = {}
-    best = None
     epochs = recipe.train.epochs
-    for epoch in range(start_epoch, epochs + 1):
+    stop = StopSignal.install(log, run_dir)
+    if recipe.guard.nonfinite == "rollback" and not checkpoints.complete_checkpoints(run_dir):
+        state.batches_done = state.epoch_batches  # a good checkpoint to roll back to before the first epoch's
+        save_checkpoint(accelerator, recipe, scheduler, state)
+        state.batches_done = 0
+    epoch = start_epoch
+    while epoch <= epochs:
         state.epoch = epoch
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        finished = train_one_epoch(model, train_loader, optimizer, scheduler, accelerator, detector, normalize,
-                                   recipe, state, log, bad_limit)
-        last = epoch == epochs or not finished
+        train_loader = health.batching.loader  # out-of-memory recovery may have rebuilt it with a smaller micro-batch
+        train_loader.set_epoch(epoch)
+        epoch_loader = train_loader
+        if state.batches_done:  # resumed mid-epoch: the same order, without the batches already seen
+            epoch_loader = accelerator.skip_first_batches(train_loader, state.batches_done)
+        ended = train_one_epoch(model, epoch_loader, optimizer, scheduler, accelerator, detector, normalize,
+                                recipe, state, log, bad_limit, stop, health)
+        if ended == "rollback":  # guard.nonfinite: rollback reloaded the last good checkpoint: go on from there
+            epoch = state.epoch
+            continue
+        if ended == "stopped":
+            stop.report(state)
+            accelerator.end_training()
+            return stop.exit_code if exit_code else metrics
+        state.batches_done = 0
+        last = epoch == epochs or ended == "max_steps"
         if epoch % recipe.eval.interval == 0 or last:
             metrics = evaluate(model, val_loader, accelerator, detector, normalize, evaluator,
                                recipe.eval.max_detections, voc_evaluator)
             log.record("eval", {"epoch": epoch, **metrics}, state.step)
             log.metrics_table(f"epoch {epoch} validation", metrics)
+            pictures.after_eval(epoch, state.step, evaluator)  # results.csv, plots/, prediction grid (background)
             if recipe.eval.voc:
                 log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
-            best = update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, log)
-        if epoch % recipe.checkpoint.interval == 0 or last:
-            checkpoints.save_checkpoint(accelerator, run_dir, epoch, state.step, recipe.checkpoint.keep)
-        if not finished:
+            state.best = update_best(state.best, metrics, recipe, detector, accelerator, run_dir, epoch, log)
+        every = recipe.checkpoint.every_steps
+        if epoch % recipe.checkpoint.interval == 0 or last or (every and state.step % every == 0):
+            state.batches_done = state.epoch_batches
+            save_checkpoint(accelerator, recipe, scheduler, state)
+            state.batches_done = 0
+        if last:
             break
+        epoch += 1
 
+    if health.guard.summary():  # non-finite steps: where the report is
+        log.print(health.guard.summary())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         checkpoints.save_pretrained_dir(detector, run_dir / "model", {"epoch": state.epoch, "metrics": metrics})
         log.print(f"saved {run_dir / 'model'} (load with AutoModelForObjectDetection.from_pretrained)")
+    pictures.close()  # wait for the queued pictures
     accelerator.end_training()
-    return metrics
+    return 0 if exit_code else metrics
+
+
+def make_train_loader(data, batch_size: int, recipe: Recipe, detector):
+    """The training dataloader: seeded random batches, or the batch sampler of ``data.sampler`` /
+    ``data.group_by_aspect_ratio`` (class-balanced repeat factors, aspect-ratio groups)."""
+    batch_sampler = None
+    if recipe.data.sampler != "random" or recipe.data.group_by_aspect_ratio:
+        batch_sampler = samplers.train_batch_sampler(
+            recipe.data, samplers.image_classes(data.train.rows), samplers.image_sizes(data.train.rows),
+            len(data.class_names), batch_size, recipe.train.seed)
+    return make_loader(data.train, batch_size, recipe.data, shuffle=True,
+                       normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
+                       pad_to_multiple=detector.pad_to_multiple, batch_sampler=batch_sampler)
 
 
 def update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, log):
@@ -357,6 +496,10 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     log = RunLog(run_dir, accelerator.is_main_process)
     log.print(f"evaluated {source} on {len(data.val)} validation images")
     log.metrics_table(f"{source}", metrics)
+    if recipe.eval.voc:
+        log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
+    if accelerator.is_main_process:
+        (run_dir / f"eval_{weights}.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -364,6 +507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hftrain train", description="Train a detector from a recipe.")
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-5")
+    parser.add_argument("--debug", action="store_true",
+                        help="debug mode (the recipe's debug: true): batch class mix, gradient and update checks, NaN hooks")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="resume from the run's latest checkpoint, or from the given checkpoint directory")
     return parser.parse_args(argv)
@@ -372,12 +517,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides + (["debug=true"] if args.debug else []))
     except RecipeError as err:
         print(err, file=sys.stderr)
         return 2
-    train(recipe, resume=args.resume)
-    return 0
+    return train(recipe, resume=args.resume, exit_code=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Nothing here downloads anything: models are built from tiny configs, data is gen
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -65,6 +66,25 @@ TINY_DEFORMABLE_DETR = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state(monkeypatch):
+    """Accelerate's state is a process-wide singleton: each test starts (and ends) without one,
+    and without the fault-injection variables of other tests."""
+    from accelerate.state import AcceleratorState
+
+    for name in [n for n in os.environ if n.startswith("HFTRAIN_TEST_")]:
+        monkeypatch.delenv(name)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    """The metrics.jsonl records of one type."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small shapes dataset (COCO files) shared by the tests."""
@@ -92,6 +112,7 @@ def tiny_recipe(shapes_dir: Path, run_dir: Path, model: str = "rt_detr", **secti
         "optim": {"lr": 1e-3, "backbone_lr_mult": 1.0},
         "train": {"epochs": 2, "batch_size": 4, "clip_max_norm": 1.0},
         "log": {"interval": 1, "tensorboard": False},
+        "plots": {"enabled": False},  # tests that look at pictures turn them on
     }
     for section, values in sections.items():
         recipe.setdefault(section, {}).update(values)

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
-import pytest
 import torch
 from torch import nn
 
 from hftrain.models.cbn import ConvCBN, CrossIterationBatchNorm2d, combine_statistics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two intra-op threads on a shared 2-core machine can be far slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _conv(seed: int = 0) -> nn.Conv2d:

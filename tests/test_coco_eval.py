@@ -113,3 +113,21 @@ def test_duplicate_images_are_refused():
     pred = {"image_id": image_id, "boxes": [[0, 0, 10, 10]], "scores": [0.5], "labels": [0]}
     with pytest.raises(ValueError, match="more than once"):
         CocoEvaluator(dataset, ["person"]).evaluate([pred, dict(pred)])
+
+
+def test_predictions_to_coco_converts_every_box_and_refuses_mismatched_lengths():
+    from hftrain.coco_eval import predictions_to_coco
+
+    predictions = [
+        {"image_id": 7, "boxes": [[10.0, 20.0, 40.0, 60.0], [0.5, 1.5, 2.5, 4.0]], "scores": [0.9, 0.1], "labels": [2, 0]},
+        {"image_id": 8, "boxes": [], "scores": [], "labels": []},  # an image without detections
+        {"image_id": 9, "boxes": [[1.0, 1.0, 2.0, 3.0]], "scores": [0.5], "labels": [1]},
+    ]
+    assert predictions_to_coco(predictions) == [
+        {"image_id": 7, "category_id": 2, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.9},
+        {"image_id": 7, "category_id": 0, "bbox": [0.5, 1.5, 2.0, 2.5], "score": 0.1},
+        {"image_id": 9, "category_id": 1, "bbox": [1.0, 1.0, 1.0, 2.0], "score": 0.5},
+    ]
+    assert predictions_to_coco([]) == []
+    with pytest.raises(ValueError, match="as many boxes as scores"):
+        predictions_to_coco([{"image_id": 1, "boxes": [[0, 0, 1, 1]], "scores": [0.1, 0.2], "labels": [0, 0]}])

@@ -79,3 +79,20 @@ def test_criterion_runs_in_fp32_under_bf16_autocast():
     assert outputs.logits.dtype == torch.bfloat16  # the network itself ran in bf16
     assert seen["dtypes"] == {torch.float32} and seen["autocast"] is False
     assert outputs.loss.dtype == torch.float32 and torch.isfinite(outputs.loss)
+
+
+def test_sigmoid_topk_matches_the_processor_and_keeps_100_pairs():
+    from transformers.models.deformable_detr.image_processing_pil_deformable_detr import DeformableDetrImageProcessorPil
+
+    from hftrain.models.detr_family import sigmoid_topk
+
+    torch.manual_seed(0)
+    outputs = SimpleNamespace(logits=torch.randn(2, 50, 3), pred_boxes=torch.rand(2, 50, 4) * 0.5 + 0.25)
+    sizes = torch.tensor([[100.0, 200.0], [64.0, 32.0]])
+    ours = sigmoid_topk(outputs, sizes)
+    assert all(len(r["scores"]) == 100 for r in ours)  # RT-DETR's processor would keep 50 (num_queries)
+    reference = DeformableDetrImageProcessorPil().post_process_object_detection(outputs, threshold=0.0,
+                                                                                target_sizes=sizes, top_k=100)
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-4)

@@ -55,11 +55,11 @@ def test_two_processes_double_the_effective_batch_and_one_writes(tmp_path, shape
 
     run2 = runs[2][0]
     checkpoints = sorted(p.name for p in (run2 / "checkpoints").iterdir())
-    assert checkpoints == ["epoch_0001", "epoch_0002"]  # no leftovers from a second writer
-    state = json.loads((run2 / "checkpoints" / "epoch_0002" / "trainer_state.json").read_text())
-    assert state == {"epoch": 2, "step": 6}
+    assert checkpoints == ["step_00000003", "step_00000006"]  # no leftovers from a second writer
+    state = json.loads((run2 / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step"]) == (2, 6)
     # Accelerate keeps each process's RNG state in the checkpoint; everything else is written once
-    files = sorted(p.name for p in (run2 / "checkpoints" / "epoch_0002").iterdir())
+    files = sorted(p.name for p in (run2 / "checkpoints" / "step_00000006").iterdir())
     assert "random_states_0.pkl" in files and "random_states_1.pkl" in files
     assert (run2 / "model" / "model.safetensors").is_file() and (run2 / "best").is_dir()
     assert not list(run2.glob("*.partial")) and not list((run2 / "checkpoints").glob("*.partial"))

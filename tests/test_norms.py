@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import types
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,13 +20,6 @@ NORM_CLASS = {
     "cbn": CrossIterationBatchNorm2d,
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(norm: str, scope: list[str]) -> types.SimpleNamespace:

@@ -10,7 +10,7 @@ from transformers.models.deformable_detr.image_processing_pil_deformable_detr im
 
 from fixtures_path import fixtures_dir
 from hftrain.data.collate import Collate
-from hftrain.data.decode import decode_image
+from hftrain.data.decode import decode_for_size, decode_image
 from hftrain.data.transforms import Resize, prepare_image
 from hftrain.models.detr_family import IMAGENET_MEAN, IMAGENET_STD
 from hftrain.train import Normalize
@@ -66,6 +66,7 @@ def test_collate_pads_masks_and_normalises_boxes(by_canvas):
     assert batch["skipped"] == 1 and batch["images"] == 2
     assert tuple(batch["pixel_values"].shape) == (2, 3, 50, 60)
     assert batch["pixel_values"].dtype == torch.uint8
+    assert batch["pixel_mask"].dtype == torch.bool  # 1 byte a pixel through the workers and the copy
     assert batch["pixel_mask"][0, :40, :60].all() and not batch["pixel_mask"][0, 40:].any()
     assert batch["pixel_mask"][1, :, :30].all() and not batch["pixel_mask"][1, :, 30:].any()
     ref_a = (50, 60) if by_canvas else (40, 60)
@@ -89,3 +90,56 @@ def test_decode_converts_unusual_modes_to_rgb():
     assert rotated.size == plain.size[::-1] or rotated.size == plain.size
     with pytest.raises(OSError):
         decode_image(images / "truncated_jpeg.jpg")
+
+
+def processor_and_ours(path, min_size, max_size, draft):
+    """Reference pixels (full decode + DeformableDetrImageProcessorPil) and ours, normalised."""
+    processor = DeformableDetrImageProcessorPil(size={"shortest_edge": min_size, "longest_edge": max_size}, do_pad=False)
+    reference = processor(images=decode_image(path), return_tensors="pt")["pixel_values"][0]
+    resize = Resize(min_size, max_size)
+    image, full = decode_for_size(path, resize.output_size if draft else None)
+    pixels, _ = prepare_image(image, np.zeros((0, 4)), full, resize, hflip=0.0, source_size=full)
+    return image, full, reference, Normalize(IMAGENET_MEAN, IMAGENET_STD, "cpu")(pixels[None])[0]
+
+
+def test_upscale_matches_the_processor_and_never_drafts():
+    """640x429 -> shortest edge 600 (an upscale, as BDD100K's 720 -> 750): full decode, 1 uint8 level."""
+    path = fixtures_dir() / "coco" / "000000196141.jpg"
+    image, full, reference, ours = processor_and_ours(path, 600, 1000, draft=True)
+    assert (image.height, image.width) == full == (429, 640)
+    assert ours.shape == reference.shape
+    diff = (ours - reference).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.05
+
+
+@pytest.mark.parametrize("min_size,max_size,scale", [(200, 300, 2), (100, 150, 4)])
+def test_jpeg_draft_decodes_smaller_within_the_stated_tolerance(min_size, max_size, scale):
+    """Downscale >= 2x: libjpeg decodes at 1/scale, the output size still follows the full image,
+    and the pixels stay within data.jpeg_draft's stated tolerance (mean |diff| < 0.1 normalised)."""
+    path = fixtures_dir() / "coco" / "000000196141.jpg"
+    image, full, reference, ours = processor_and_ours(path, min_size, max_size, draft=True)
+    assert full == (429, 640)
+    assert (image.height, image.width) == (-(-429 // scale), -(-640 // scale))  # decoded at 1/scale
+    assert ours.shape == reference.shape  # sized from the full image, as the processor sizes it
+    diff = (ours - reference).abs()
+    assert diff.mean() < 0.1
+    plain_image, _, _, plain = processor_and_ours(path, min_size, max_size, draft=False)
+    assert plain_image.size == (640, 429)
+    plain_diff = (plain - reference).abs()
+    assert plain_diff.mean() < 0.01 and plain_diff.max() < 0.05  # without draft: 1 uint8 level
+
+
+def test_draft_size_follows_exif_orientation(tmp_path):
+    """A 400x200 JPEG stored sideways (EXIF orientation 6) and drafted at 1/4: the image comes back
+    upright and the full size reported is the displayed one (400 high, 200 wide)."""
+    stored = np.zeros((200, 400, 3), dtype=np.uint8)
+    stored[:, :200] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    image, full = decode_for_size(path, Resize(40, 80).output_size)
+    assert full == (400, 200)
+    assert image.size == (50, 100)  # (width, height): upright, 1/4 of 200 x 400
+    pixels, _ = prepare_image(image, np.zeros((0, 4)), full, Resize(40, 80), hflip=0.0, source_size=full)
+    assert tuple(pixels.shape) == (3, 80, 40)

@@ -45,7 +45,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
         load_recipe(path, ["schedule.warmup_step=10"])
     problems = err.value.problems
     assert len(problems) == 3, problems
-    assert any("train.batch_size: expected int, got 'big'" in p for p in problems)
+    assert any("train.batch_size: expected int or 'auto', got 'big'" in p for p in problems)
     assert any("'schedule.warmup_step'" in p and "schedule.warmup_steps" in p for p in problems)
 
 

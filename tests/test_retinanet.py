@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,14 +27,6 @@ TINY_RESNET = {
     "layer_type": "basic",
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two intra-op threads on a shared 2-core machine can be 20x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(norm: str = "default", scope: tuple[str, ...] = ("backbone", "fpn", "head"), pretrained=None, **config):

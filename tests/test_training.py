@@ -11,21 +11,9 @@ import torch
 import yaml
 from accelerate.state import AcceleratorState
 
-from conftest import PYTHON, REPO, tiny_recipe, write_recipe
+from conftest import PYTHON, REPO, records, tiny_recipe, write_recipe
 from hftrain.recipe import load_recipe
 from hftrain.train import TooManyBadImages, evaluate_run, train
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def records(run_dir, kind):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
 def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=None, **sections):
@@ -69,8 +57,11 @@ def test_run_directory_contents(trained, shapes_dir, tmp_path):
     assert saved.train.epochs == 20 and saved.model.config["d_model"] == 32 and saved.data.train.subset == 8
     # keep=2 epoch checkpoints, complete ones only
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert names == ["epoch_0015", "epoch_0020"]
-    assert json.loads((run_dir / "checkpoints" / "epoch_0020" / "trainer_state.json").read_text()) == {"epoch": 20, "step": 40}
+    assert names == ["step_00000030", "step_00000040"]  # epochs 15 and 20 (2 steps per epoch)
+    state = json.loads((run_dir / "checkpoints" / "step_00000040" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step"], state["epoch_complete"]) == (20, 40, True)
+    manifest = json.loads((run_dir / "checkpoints" / "step_00000040" / "manifest.json").read_text())
+    assert {"model.safetensors", "optimizer.bin", "scheduler.pt", "trainer_state.json"} <= set(manifest["files"])
     best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
     best_eval = max(records(run_dir, "eval"), key=lambda r: r["map"])
     assert best_info["map"] == best_eval["map"]
@@ -101,14 +92,14 @@ def test_eval_command_reproduces_the_best_epochs_numbers(trained):
 def test_resume_continues_from_the_saved_epoch(tmp_path, shapes_dir):
     _, run_dir = run(tmp_path, shapes_dir, train={"epochs": 2}, eval={"interval": 5})
     AcceleratorState._reset_state(reset_partial_state=True)
-    before = torch.load(run_dir / "checkpoints" / "epoch_0002" / "optimizer.bin", weights_only=False)["state"]
+    before = torch.load(run_dir / "checkpoints" / "step_00000012" / "optimizer.bin", weights_only=True)["state"]
     assert before  # the optimizer has state worth restoring
     run(tmp_path, shapes_dir, overrides=["train.epochs=3"], resume=True, train={"epochs": 2}, eval={"interval": 5})
     steps = [r["step"] for r in records(run_dir, "step")]
     assert steps == list(range(1, 13)) + list(range(13, 19))  # epoch 3 continues the step count
     epochs = [r["epoch"] for r in records(run_dir, "step")]
     assert epochs[-6:] == [3] * 6
-    assert json.loads((run_dir / "checkpoints" / "epoch_0003" / "trainer_state.json").read_text())["step"] == 18
+    assert json.loads((run_dir / "checkpoints" / "step_00000018" / "trainer_state.json").read_text())["epoch"] == 3
 
 
 def test_accumulation_counts_optimizer_steps_and_clipping_can_be_off(tmp_path, shapes_dir):

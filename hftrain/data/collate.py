@@ -14,6 +14,8 @@ class Collate:
     ``normalize_by_canvas``: boxes are normalised by the padded canvas (for models that do not
     read the pixel mask and so predict in canvas coordinates) instead of each image's own size.
     Samples that failed to decode arrive as None; they are dropped and counted in ``skipped``.
+    ``pixel_mask`` is bool (True on image pixels): the models read it with ``.float()``/``.bool()``,
+    and it costs an eighth of an int64 mask in the workers, the pinned buffers and the copy.
     """
 
     normalize_by_canvas: bool
@@ -30,7 +32,7 @@ class Collate:
         step = self.pad_to_multiple
         height, width = -(-height // step) * step, -(-width // step) * step
         pixels = torch.zeros((len(kept), 3, height, width), dtype=torch.uint8)
-        mask = torch.zeros((len(kept), height, width), dtype=torch.long)
+        mask = torch.zeros((len(kept), height, width), dtype=torch.bool)  # 1 byte a pixel (long: 8)
         labels, sizes, orig_sizes, image_ids = [], [], [], []
         for i, sample in enumerate(kept):
             _, h, w = sample["pixel_values"].shape

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -32,12 +33,32 @@ def decode_image(source: str | Path | bytes) -> Image.Image:
     Raises OSError (or PIL's errors) for unreadable or truncated files: opening the header is
     not enough, so the pixels are loaded here, with truncated files refused.
     """
+    return decode_for_size(source, None)[0]
+
+
+def decode_for_size(source: str | Path | bytes,
+                    size_for: Callable[[int, int], tuple[int, int]] | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``source`` for a resize to ``size_for(height, width)``; returns the RGB image and
+    the (height, width) of the full image as displayed (after EXIF orientation).
+
+    JPEG draft mode: when the output is at most half the stored image on both axes, libjpeg
+    decodes at 1/2, 1/4 or 1/8 scale (DCT scaling, much less work), never below the output
+    size; the caller resizes from there. The output size must then follow the full size, not the
+    decoded one (``prepare_image(..., source_size=...)``). No effect on upscales or other formats.
+    """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
     with handle, Image.open(handle) as image:
+        stored_w, stored_h = image.size
+        if size_for is not None:
+            out_h, out_w = size_for(stored_h, stored_w)  # the size rule is symmetric under transposition
+            if stored_w >= 2 * out_w and stored_h >= 2 * out_h:
+                image.draft(None, (out_w, out_h))
+        decoded_size = image.size
         image.load()
         image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        swapped = image.size != decoded_size
+        return to_rgb(image), ((stored_w, stored_h) if swapped else (stored_h, stored_w))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

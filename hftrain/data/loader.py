@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hftrain.data.collate import Collate
-from hftrain.data.decode import decode_image
+from hftrain.data.decode import decode_for_size
+from hftrain.data.epoch_sampler import EpochShuffle
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
 from hftrain.data.sources import LoadedSplit, load_split
 from hftrain.data.transforms import Resize, prepare_image
@@ -25,32 +26,46 @@ class DetectionDataset(Dataset):
     fails to decode yields None, which the collate function drops and counts.
     """
 
-    def __init__(self, split: LoadedSplit, resize: Resize, hflip: float = 0.0):
+    def __init__(self, split: LoadedSplit, resize: Resize, hflip: float = 0.0, seed: int = 0):
         check_schema(split.dataset, str(split.image_root))
         self.rows = split.dataset
         self.image_root = split.image_root
         self.resize = resize
         self.hflip = hflip
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict | None:
+    @property
+    def draft_for(self):
+        """The output-size rule that lets a JPEG decode at reduced scale (None: full decode)."""
+        return self.resize.output_size if self.resize.draft else None
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """``key`` is an index, or ``(epoch, index)`` from EpochShuffle: then the sample's
+        augmentation is seeded by (seed, epoch, index) and reproducible anywhere."""
+        if isinstance(key, tuple):
+            epoch, index = key
+            rng = random.Random(f"{self.seed}:{epoch}:{index}")
+        else:
+            index, rng = key, random
         row = self.rows[index]
         image_ref = row["image"]
         try:
             if image_ref.get("bytes"):
-                image = decode_image(image_ref["bytes"])
+                image, source_size = decode_for_size(image_ref["bytes"], self.draft_for)
             else:
                 where = f"row {index} (image_id {row['image_id']})"
-                image = decode_image(resolve_image_path(self.image_root, image_ref["path"], where))
+                image, source_size = decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where),
+                                                     self.draft_for)
         except (OSError, ValueError, SyntaxError) as err:
             print(f"[hftrain] skipping image {image_ref.get('path')!r}: {err}", flush=True)
             return None
         objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
         boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
         pixels, boxes = prepare_image(
-            image, boxes, (row["height"], row["width"]), self.resize, self.hflip, random
+            image, boxes, (row["height"], row["width"]), self.resize, self.hflip, rng, source_size=source_size
         )
         return {
             "pixel_values": pixels,
@@ -84,7 +99,7 @@ def materialise_synthetic(data_cfg):
     return replace(data_cfg, format="coco", synthetic=None, **splits)
 
 
-def load_data(data_cfg) -> DataBundle:
+def load_data(data_cfg, seed: int = 0) -> DataBundle:
     """Read both splits and wrap them as datasets; the class names come from the train split."""
     loaded = {}
     for name in ("train", "val"):
@@ -100,10 +115,10 @@ def load_data(data_cfg) -> DataBundle:
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:
         raise ValueError(f"data.val: class names {val_names} differ from data.train's {class_names}")
-    resize = Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square")
+    resize = Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square", draft=data_cfg.jpeg_draft)
     notes = [line for split in loaded.values() for line in split.report.lines() + split.notes]
     return DataBundle(
-        train=DetectionDataset(loaded["train"], resize, hflip=data_cfg.hflip),
+        train=DetectionDataset(loaded["train"], resize, hflip=data_cfg.hflip, seed=seed),
         val=DetectionDataset(loaded["val"], resize, hflip=0.0),
         class_names=class_names,
         notes=notes,
@@ -111,20 +126,27 @@ def load_data(data_cfg) -> DataBundle:
 
 
 def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, normalize_by_canvas: bool,
-                seed: int, pad_to_multiple: int = 1) -> DataLoader:
+                seed: int, pad_to_multiple: int = 1, batch_sampler=None) -> DataLoader:
+    """``shuffle`` uses :class:`EpochShuffle` (call the loader's ``set_epoch`` every epoch);
+    a ``batch_sampler`` (``hftrain.samplers``: repeat factor, aspect-ratio groups) replaces both."""
     workers = data_cfg.num_workers
+    # a private generator: creating an iterator (worker base seeds) must not draw from the global
+    # torch RNG, whose stream the model uses (RT-DETR's denoising queries) and a resume restores
     generator = torch.Generator()
     generator.manual_seed(seed)
+    if batch_sampler is not None:
+        batching = {"batch_sampler": batch_sampler}
+    else:
+        batching = {"batch_size": batch_size, "sampler": EpochShuffle(len(dataset), seed) if shuffle else None,
+                    "drop_last": False}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        **batching,
         num_workers=workers,
         collate_fn=Collate(normalize_by_canvas=normalize_by_canvas, pad_to_multiple=pad_to_multiple),
         pin_memory=data_cfg.pin_memory and torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=data_cfg.prefetch_factor if workers > 0 else None,
         generator=generator,
-        drop_last=False,
     )
 

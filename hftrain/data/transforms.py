@@ -3,7 +3,10 @@
 Normalisation is not done here: images stay uint8 until they reach the device (a quarter of
 the bytes of float32 through the workers, the pinned buffers and the host-to-device copy).
 The output size follows transformers' DETR-family processors exactly
-(``get_size_with_aspect_ratio``), so pixels match the reference preprocessing.
+(``get_size_with_aspect_ratio``), so pixels match the reference preprocessing. The resize is
+torch's uint8 antialiased bilinear (vectorised, about twice as fast as PIL's on one core and
+within one uint8 level of PIL's BILINEAR); the flip is done after it, on the smaller image when
+downscaling.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers.image_transforms import get_size_with_aspect_ratio
 
@@ -25,6 +29,9 @@ class Resize:
     min_size: int
     max_size: int
     square: bool = False
+    draft: bool = True
+    """Decode JPEGs at 1/2, 1/4 or 1/8 scale when the output is at most half their size
+    (``data.jpeg_draft``; see :func:`hftrain.data.decode.decode_for_size`)."""
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         if self.square:
@@ -39,21 +46,26 @@ def prepare_image(
     resize: Resize,
     hflip: float,
     rng: random.Random | None = None,
+    source_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (and maybe flip) ``image`` and its boxes.
 
     ``boxes_xywh`` are absolute pixels in the annotated frame ``annotated_size`` (height, width);
     the result is a uint8 (3, H, W) tensor and float32 absolute xywh boxes in the output frame.
+    ``source_size``: the full (height, width) when ``image`` was decoded at a reduced scale
+    (JPEG draft mode); the output size follows it, as it would without the reduced decode.
     """
     ann_h, ann_w = annotated_size
-    out_h, out_w = resize.output_size(image.height, image.width)
+    out_h, out_w = resize.output_size(*(source_size or (image.height, image.width)))
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) view of HWC
     if (out_h, out_w) != (image.height, image.width):
-        image = image.resize((out_w, out_h), Image.BILINEAR)
+        # uint8 in, uint8 out (rounded); channels-last input takes torch's vectorised path
+        pixels = F.interpolate(pixels[None], size=(out_h, out_w), mode="bilinear", antialias=True,
+                               align_corners=False)[0]
     boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, [0, 2]] *= out_w / ann_w
     boxes[:, [1, 3]] *= out_h / ann_h
     if hflip > 0 and (rng or random).random() < hflip:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = pixels.flip(-1)
         boxes[:, 0] = out_w - boxes[:, 0] - boxes[:, 2]
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
     return pixels, torch.from_numpy(boxes)

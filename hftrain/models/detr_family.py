@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForObjectDetection,
     DeformableDetrConfig,
@@ -59,6 +60,30 @@ def load_pretrained(name: str, class_names: list[str], overrides: dict[str, Any]
         ) from None
 
 
+def sigmoid_topk(outputs, target_sizes: torch.Tensor, k: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Focal-style (sigmoid) detections: each image's top ``k`` (query, class) pairs, boxes as
+    absolute xyxy scaled by ``target_sizes`` (height, width). transformers' RT-DETR post-processing
+    keeps only ``num_queries`` of them, fewer than the 100 detections COCO evaluation counts."""
+    logits, boxes = outputs.logits.float(), outputs.pred_boxes.float()
+    num_classes = logits.shape[-1]
+    scores, index = logits.sigmoid().flatten(1).topk(min(k, logits.shape[1] * num_classes), dim=1)
+    queries = index // num_classes
+    cx, cy, w, h = boxes.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4)).unbind(-1)
+    height, width = target_sizes.to(boxes.device).float().unbind(1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    xyxy = xyxy * torch.stack([width, height, width, height], dim=1)[:, None, :]
+    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, index % num_classes, xyxy)]
+
+
+def reset_batchnorm_scale(model: nn.Module) -> None:
+    """BatchNorm weights to 1 (PyTorch's default). transformers initialises RT-DETR's from
+    N(0, 0.01): harmless when pretrained weights replace them, but from scratch every BatchNorm
+    starts with a near-zero gain."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+
+
 def _finish(model: PreTrainedModel, fp32_criterion: bool) -> PreTrainedModel:
     if fp32_criterion:
         run_loss_in_fp32(model)
@@ -76,12 +101,14 @@ def build_rt_detr(cfg, class_names: list[str], fp32_criterion: bool = True) -> D
             backbone = {"model_type": "rt_detr_resnet", **backbone}
         config = RTDetrConfig(**overrides, **({"backbone_config": backbone} if backbone else {}), **_labels(class_names))
         model = RTDetrForObjectDetection(config)
+        reset_batchnorm_scale(model)
     processor = RTDetrImageProcessorPil()
 
     def postprocess(outputs, target_sizes: torch.Tensor):
-        return processor.post_process_object_detection(
-            outputs, threshold=0.0, target_sizes=target_sizes, use_focal_loss=model.config.use_focal_loss
-        )
+        if model.config.use_focal_loss:
+            return sigmoid_topk(outputs, target_sizes)
+        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes,
+                                                       use_focal_loss=False)
 
     return Detector(
         model=_finish(model, fp32_criterion),
@@ -112,13 +139,10 @@ def build_deformable_detr(cfg, class_names: list[str], fp32_criterion: bool = Tr
         model = DeformableDetrForObjectDetection(config)
     processor = DeformableDetrImageProcessorPil()
 
-    def postprocess(outputs, target_sizes: torch.Tensor):
-        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes, top_k=100)
-
     config = model.config
     return Detector(
         model=_finish(model, fp32_criterion),
-        postprocess=postprocess,
+        postprocess=sigmoid_topk,
         image_processor=processor,
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,

@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet "$(TORCH)"  # default: pip install torch==2.13.0, before the package
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

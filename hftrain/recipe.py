@@ -172,6 +172,10 @@ class TrainConfig:
     """Clip the total gradient norm to this; null disables clipping."""
     seed: int = 42
     """Seed for model init, shuffling and augmentation."""
+    cpu_threads: int | None = None
+    """torch intra-op threads per process; null: the cores this process may use divided by the
+    processes on this machine (``accelerate launch`` sets OMP_NUM_THREADS=1 otherwise, which
+    leaves a lone CPU process on one core)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (for smoke tests); null trains all epochs."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.accelerator = accelerator
-        self.console = Console(highlight=False)
+        # not a terminal (CI logs, redirected output): wide enough that progress lines never wrap
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.start = time.time()
         self.progress: Progress | None = None
         self.log_lock = threading.Lock()  # pictures are drawn (and report failures) on another thread

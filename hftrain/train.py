@@ -86,6 +86,14 @@ def use_cpu() -> bool:
     return flag or not torch.cuda.is_available()
 
 
+def cpu_threads(configured: int | None) -> int:
+    """``train.cpu_threads``, or this process's share of the cores it may run on."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def make_accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
     run_dir = Path(recipe.output_dir)
     log_with = None
@@ -303,6 +311,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     with PartialState(cpu=use_cpu()).main_process_first():
         data_cfg = materialise_synthetic(recipe.data)
     data = load_data(data_cfg)
+    torch.set_num_threads(cpu_threads(recipe.train.cpu_threads))
     set_seed(recipe.train.seed)  # the same initial weights on every process
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
     check_trainable(detector.model, f"model {recipe.model.name}")  # a frozen-everything model could never learn
@@ -371,7 +380,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"),
         ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"),
         ("batch per device", str(per_device)),
-        ("workers", str(recipe.data.num_workers)),
+        ("workers", f"{recipe.data.num_workers} (torch threads per process: {torch.get_num_threads()})"),
         ("image size", f"min={recipe.data.min_size}, max={recipe.data.max_size}"),
         ("grad accumulation", f"{accum} steps"),
         ("effective batch", f"{per_device * accum * processes} (= {per_device} x {accum} x {processes})"),
@@ -472,6 +481,7 @@ def update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, lo
 
 def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     """Evaluate a run's ``best/`` (or ``model/``) weights on its recipe's validation split."""
+    hf_logging.disable_progress_bar()
     run_dir = Path(run_dir)
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.is_file():

@@ -110,7 +110,7 @@ def tiny_recipe(shapes_dir: Path, run_dir: Path, model: str = "rt_detr", **secti
             "num_workers": 0,
         },
         "optim": {"lr": 1e-3, "backbone_lr_mult": 1.0},
-        "train": {"epochs": 2, "batch_size": 4, "clip_max_norm": 1.0},
+        "train": {"epochs": 2, "batch_size": 4, "clip_max_norm": 1.0, "cpu_threads": 1},
         "log": {"interval": 1, "tensorboard": False},
         "plots": {"enabled": False},  # tests that look at pictures turn them on
     }

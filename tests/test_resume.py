@@ -53,6 +53,18 @@ def step_records(run_dir):
     return [r for r in map(json.loads, lines) if r["type"] == "step"]
 
 
+def wait_for_first_step(run_dir, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if step_records(run_dir):
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"no optimizer step logged in {run_dir} within {timeout} s")
+
+
 def start_and_kill_at(recipe_path, run_dir, processes, at_step) -> int:
     """Start a run in its own process group and SIGKILL the whole group once step ``at_step`` is logged."""
     proc = subprocess.Popen(command(recipe_path, processes), cwd=REPO, stdout=subprocess.DEVNULL,
@@ -163,9 +175,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_resume_finishes(tmp_path, shap
     run_dir = tmp_path / "run"
     path = write_recipe(tmp_path / "r.yaml", recipe_for(shapes_dir, run_dir, every_steps=None))
     proc = subprocess.Popen(command(path, 1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file() or not step_records(run_dir):
-        time.sleep(0.02)
+    wait_for_first_step(run_dir)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
@@ -181,9 +191,7 @@ def test_a_second_signal_exits_at_once(tmp_path, shapes_dir):
     run_dir = tmp_path / "run"
     path = write_recipe(tmp_path / "r.yaml", recipe_for(shapes_dir, run_dir, every_steps=None))
     proc = subprocess.Popen(command(path, 1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file() or not step_records(run_dir):
-        time.sleep(0.02)
+    wait_for_first_step(run_dir)
     proc.send_signal(signal.SIGINT)
     # two signals sent back to back reach Python's handler once: wait until the first was handled
     for line in proc.stderr:

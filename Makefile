@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 short-run: install
-	$(BIN)/accelerate launch --num_processes 1 hftrain/train.py recipes/shapes_demo.yaml
+	$(BIN)/accelerate launch --num_processes 1 hftrain/train.py recipes/shapes_demo.yaml --overwrite
 
 eval: install
 	$(BIN)/hftrain eval $(RUN)

@@ -493,6 +493,15 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"plots.images: must be 0 or more, got {recipe.plots.images}")
     if not 0.0 <= recipe.plots.score_threshold <= 1.0:
         problems.append(f"plots.score_threshold: must be in [0, 1], got {recipe.plots.score_threshold}")
+    from hftrain.coco_eval import STAT_NAMES
+
+    best = recipe.checkpoint.best_metric
+    voc_names = ("voc07_map", "voc_map")
+    if not (best in STAT_NAMES or best.startswith("ap_") or (recipe.eval.voc and (best in voc_names or best.startswith("voc")))):
+        hint = " (VOC metrics need eval.voc: true)" if best.startswith("voc") else ""
+        problems.append(f"checkpoint.best_metric: {best!r} is not an evaluation metric{hint}; "
+                        f"choose one of {list(STAT_NAMES)}" + (f" or {list(voc_names)}" if recipe.eval.voc else "")
+                        + " or ap_<class name>")
     every = recipe.checkpoint.every_steps
     if every is not None and (every < 1 or every % recipe.log.interval):
         problems.append(f"checkpoint.every_steps: must be a positive multiple of log.interval "

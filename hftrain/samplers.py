@@ -130,7 +130,9 @@ class RepeatFactorSampler(Sampler[tuple[int, int]]):
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` indices drawn from ``sampler`` in its order, each batch from one
-    group (``group_ids[index]``); each group's leftovers end the epoch as a smaller batch."""
+    group (``group_ids[index]``). The groups' leftovers are pooled at the end of the epoch into
+    full batches (which may mix groups) and one last short batch: only the last batch may be short,
+    which Accelerate's sharding over several processes assumes."""
 
     def __init__(self, sampler: Sampler[int], group_ids, batch_size: int):
         self.sampler = sampler  # Accelerate finds ``sampler.set_epoch`` here
@@ -150,13 +152,15 @@ class GroupedBatchSampler(Sampler[list[int]]):
             if len(group) == self.batch_size:
                 yield list(group)
                 group.clear()
-        for group in buffers.values():
-            if group:
-                yield list(group)
+        leftovers = [key for group in buffers.values() for key in group]
+        for start in range(0, len(leftovers), self.batch_size):
+            yield leftovers[start:start + self.batch_size]
 
     def __len__(self) -> int:
         per_group = Counter(int(self.group_ids[_index(key)]) for key in self.sampler)
-        return sum(math.ceil(n / self.batch_size) for n in per_group.values())
+        full = sum(n // self.batch_size for n in per_group.values())
+        leftover = sum(n % self.batch_size for n in per_group.values())
+        return full + math.ceil(leftover / self.batch_size)
 
 
 def _index(key) -> int:

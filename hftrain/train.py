@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +41,10 @@ from hftrain.runlog import RunLog
 from hftrain.voc_eval import VocEvaluator
 
 
+class RunDirInUse(RuntimeError):
+    """The output directory holds an earlier run and neither --resume nor --overwrite was given."""
+
+
 class TooManyBadImages(RuntimeError):
     """More images failed to decode during training than ``data.max_bad_fraction`` allows."""
 
@@ -54,10 +59,11 @@ class LoopState:
     save_count: int = 0
     best: float | None = None  # best value of checkpoint.best_metric so far
 
-    def saved(self) -> dict:
+    def saved(self, epoch_complete: bool) -> dict:
+        """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
+        last batch: a resumed run then still does the epoch's end (evaluation, best/, checkpoint)."""
         return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
-                "epoch_complete": self.batches_done >= self.epoch_batches, "save_count": self.save_count,
-                "best": self.best}
+                "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best}
 
 
 @dataclass
@@ -165,9 +171,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
                 f"{state.bad_images} images failed to decode on this process (limit {bad_limit:.0f}, "
                 f"data.max_bad_fraction={recipe.data.max_bad_fraction}); run `hftrain scan` and set data.blacklist"
             )
-        if batch["pixel_values"] is None:
-            tick = time.perf_counter()
-            continue
         if health.debug:  # debug: the class mix of the first batches
             health.debug.batch(batch, state.epoch)
         lr = max(group["lr"] for group in optimizer.param_groups)  # the rate this step uses
@@ -185,6 +188,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
                     verdict = health.guard.verdict(grad_norm, state, accelerator)  # ok | skip | rollback (abort raises)
                 if verdict == "ok":  # guard: a non-finite step gets no update
                     optimizer.step()
+                elif accelerator.scaler is not None:  # fp16: unscale_ ran in clipping; close the scaler's step
+                    accelerator.scaler.update()
                 if health.debug and accelerator.sync_gradients:  # debug: which parameters the step changed
                     health.debug.after_step(state.step + 1, updated=verdict == "ok")
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
@@ -242,10 +247,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
     return "epoch"
 
 
-def save_checkpoint(accelerator, recipe: Recipe, scheduler, state: LoopState) -> None:
+def save_checkpoint(accelerator, recipe: Recipe, scheduler, state: LoopState, epoch_complete: bool = False) -> None:
     """A full checkpoint at the current optimizer step (every process calls this)."""
     state.save_count += 1
-    checkpoints.save_checkpoint(accelerator, Path(recipe.output_dir), scheduler, state.saved(), recipe.checkpoint.keep)
+    checkpoints.save_checkpoint(accelerator, Path(recipe.output_dir), scheduler, state.saved(epoch_complete),
+                                recipe.checkpoint.keep)
 
 
 def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog, lr: float, stats: LossStats) -> None:
@@ -277,8 +283,6 @@ def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEva
     model.eval()
     predictions = []
     for batch in loader:
-        if batch["pixel_values"] is None:
-            continue
         outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask))
         results = detector.postprocess(outputs, batch["target_sizes"])
         local = []
@@ -294,6 +298,8 @@ def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEva
                 "labels": result["labels"][keep].cpu().tolist(),
             })
         predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
+    # an image that failed to decode was replaced by another: keep each image's first prediction
+    predictions = list({p["image_id"]: p for p in reversed(predictions)}.values())[::-1]
     metrics = [evaluator.evaluate(predictions) if accelerator.is_main_process else None]
     if voc_evaluator is not None and accelerator.is_main_process:  # eval.voc: VOC07 11-point and all-point AP@0.5
         metrics[0].update(voc_evaluator.evaluate(predictions))
@@ -302,15 +308,24 @@ def evaluate(model, loader, accelerator, detector, normalize, evaluator: CocoEva
     return metrics[0]
 
 
-def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = False) -> dict | int:
+def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = False,
+          overwrite: bool = False) -> dict | int:
     """Run the recipe; returns the last evaluation's metrics (or, with ``exit_code``, the
     process exit code: 0, or 143/130 after a SIGTERM/SIGINT checkpoint)."""
     hf_logging.disable_progress_bar()
     run_dir = Path(recipe.output_dir)
+    processes_state = PartialState(cpu=use_cpu())
+    if not resume and (checkpoints.complete_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists()):
+        if not overwrite:  # never mix two runs' checkpoints and logs, nor delete them unasked
+            raise RunDirInUse(f"{run_dir} holds an earlier run: pass --resume to continue it, --overwrite to "
+                              "delete it and start afresh, or choose another output_dir")
+        if processes_state.is_main_process:
+            shutil.rmtree(run_dir)
+        processes_state.wait_for_everyone()
     # data first (cheap failures before the model): the demo data is generated once, by the main process
-    with PartialState(cpu=use_cpu()).main_process_first():
+    with processes_state.main_process_first():
         data_cfg = materialise_synthetic(recipe.data)
-    data = load_data(data_cfg)
+    data = load_data(data_cfg, seed=recipe.train.seed)
     torch.set_num_threads(cpu_threads(recipe.train.cpu_threads))
     set_seed(recipe.train.seed)  # the same initial weights on every process
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
@@ -402,13 +417,14 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     stop = StopSignal.install(log, run_dir)
     if recipe.guard.nonfinite == "rollback" and not checkpoints.complete_checkpoints(run_dir):
         state.batches_done = state.epoch_batches  # a good checkpoint to roll back to before the first epoch's
-        save_checkpoint(accelerator, recipe, scheduler, state)
+        save_checkpoint(accelerator, recipe, scheduler, state, epoch_complete=True)
         state.batches_done = 0
     epoch = start_epoch
     while epoch <= epochs:
         state.epoch = epoch
         train_loader = health.batching.loader  # out-of-memory recovery may have rebuilt it with a smaller micro-batch
         train_loader.set_epoch(epoch)
+        state.epoch_batches = len(train_loader)  # repeat-factor epochs may differ in length
         epoch_loader = train_loader
         if state.batches_done:  # resumed mid-epoch: the same order, without the batches already seen
             epoch_loader = accelerator.skip_first_batches(train_loader, state.batches_done)
@@ -435,7 +451,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         every = recipe.checkpoint.every_steps
         if epoch % recipe.checkpoint.interval == 0 or last or (every and state.step % every == 0):
             state.batches_done = state.epoch_batches
-            save_checkpoint(accelerator, recipe, scheduler, state)
+            save_checkpoint(accelerator, recipe, scheduler, state, epoch_complete=True)
             state.batches_done = 0
         if last:
             break
@@ -492,7 +508,7 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     recipe = load_recipe(recipe_path)
     recipe = replace(recipe, model=replace(recipe.model, pretrained=str(source), config={}))
     accelerator = Accelerator(cpu=use_cpu(), mixed_precision=resolve_precision(recipe.precision.mode))
-    data = load_data(materialise_synthetic(recipe.data))
+    data = load_data(materialise_synthetic(recipe.data), seed=recipe.train.seed)
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
     loader = make_loader(data.val, recipe.eval.batch_size or recipe.train.batch_size, recipe.data, shuffle=False,
                          normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
@@ -519,9 +535,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-5")
     parser.add_argument("--debug", action="store_true",
                         help="debug mode (the recipe's debug: true): batch class mix, gradient and update checks, NaN hooks")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run in output_dir and start afresh")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="resume from the run's latest checkpoint, or from the given checkpoint directory")
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.append(args.resume)  # `--resume key=value`: the value was an override
+        args.resume = True
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,7 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(err, file=sys.stderr)
         return 2
-    return train(recipe, resume=args.resume, exit_code=True)
+    try:
+        return train(recipe, resume=args.resume, exit_code=True, overwrite=args.overwrite)
+    except RunDirInUse as err:
+        print(f"hftrain train: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -104,3 +104,21 @@ def test_cli_exits_2_before_building_anything(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "did you mean 'optim.lr'" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_best_metric_is_checked_before_training(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", minimal(tmp_path, checkpoint={"best_metric": "voc_map"}))
+    with pytest.raises(RecipeError, match=r"checkpoint\.best_metric: 'voc_map' is not an evaluation metric \(VOC metrics need eval\.voc: true\)"):
+        load_recipe(path)
+    path = write_recipe(tmp_path / "r.yaml", minimal(tmp_path, checkpoint={"best_metric": "voc_map"}, eval={"voc": True}))
+    assert load_recipe(path).checkpoint.best_metric == "voc_map"
+
+
+def test_overrides_may_come_before_or_after_the_options():
+    from hftrain.train import parse_args
+
+    assert parse_args(["r.yaml", "--overwrite", "a=1", "b=2"]).overrides == ["a=1", "b=2"]
+    args = parse_args(["r.yaml", "--resume", "optim.lr=1e-4"])  # not a checkpoint path: an override
+    assert args.resume is True and args.overrides == ["optim.lr=1e-4"]
+    args = parse_args(["r.yaml", "train.epochs=3", "--resume"])
+    assert args.resume is True and args.overrides == ["train.epochs=3"]

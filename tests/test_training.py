@@ -135,6 +135,8 @@ def test_images_that_fail_to_decode_are_skipped_then_fail_loudly(tmp_path, shape
     recipe["data"]["max_bad_fraction"] = 0.1
     metrics = train(load_recipe(write_recipe(tmp_path / "skip.yaml", recipe)))
     assert "map" in metrics
+    # the broken image is replaced by the next one that decodes: batches keep their size
+    assert len(records(tmp_path / "run_skip", "step")) == 6
     for image in images[1:4]:
         image.write_bytes(b"")
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -173,3 +175,17 @@ def test_training_runs_from_each_formats_converted_output(tmp_path, fmt):
     images = json.loads((out / "report.json").read_text())["images"]
     assert len(records(tmp_path / "run", "step")) == min(2, -(-images // 2))  # BDD's sample has 1 image
     assert "map" in metrics
+
+
+def test_an_earlier_run_is_neither_mixed_in_nor_deleted_unasked(tmp_path, shapes_dir):
+    from hftrain.train import RunDirInUse
+
+    _, run_dir = run(tmp_path, shapes_dir, train={"epochs": 1})
+    with pytest.raises(RunDirInUse, match="--resume to continue it, --overwrite"):
+        run(tmp_path, shapes_dir, train={"epochs": 1})
+    assert len(records(run_dir, "step")) == 6  # untouched
+    path = tmp_path / "run.yaml"
+    proc = subprocess.run([PYTHON, "hftrain/train.py", str(path), "--overwrite", "train.epochs=1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(records(run_dir, "step")) == 6 and len(records(run_dir, "config")) == 1  # afresh, not appended

@@ -13,7 +13,7 @@ class Collate:
 
     ``normalize_by_canvas``: boxes are normalised by the padded canvas (for models that do not
     read the pixel mask and so predict in canvas coordinates) instead of each image's own size.
-    Samples that failed to decode arrive as None; they are dropped and counted in ``skipped``.
+    ``skipped`` counts samples that stand in for images that failed to decode (and any None sample).
     ``pixel_mask`` is bool (True on image pixels): the models read it with ``.float()``/``.bool()``,
     and it costs an eighth of an int64 mask in the workers, the pinned buffers and the copy.
     """
@@ -24,7 +24,7 @@ class Collate:
 
     def __call__(self, samples: list[dict | None]) -> dict:
         kept = [s for s in samples if s is not None]
-        skipped = len(samples) - len(kept)
+        skipped = len(samples) - len(kept) + sum(s.get("failed", 0) for s in kept)
         if not kept:
             return {"pixel_values": None, "skipped": skipped, "images": 0}
         height = max(s["pixel_values"].shape[1] for s in kept)

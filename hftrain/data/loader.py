@@ -23,7 +23,8 @@ class DetectionDataset(Dataset):
 
     The Arrow table is read row by row (memory-mapped and shared by dataloader workers).
     Crowd and difficult boxes are ignore regions: they are not training targets. An image that
-    fails to decode yields None, which the collate function drops and counts.
+    fails to decode is replaced by the next one that does (``failed`` counts it), so batches keep
+    their size and every process stays in step with the others.
     """
 
     def __init__(self, split: LoadedSplit, resize: Resize, hflip: float = 0.0, seed: int = 0):
@@ -50,18 +51,16 @@ class DetectionDataset(Dataset):
             rng = random.Random(f"{self.seed}:{epoch}:{index}")
         else:
             index, rng = key, random
-        row = self.rows[index]
-        image_ref = row["image"]
-        try:
-            if image_ref.get("bytes"):
-                image, source_size = decode_for_size(image_ref["bytes"], self.draft_for)
-            else:
-                where = f"row {index} (image_id {row['image_id']})"
-                image, source_size = decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where),
-                                                     self.draft_for)
-        except (OSError, ValueError, SyntaxError) as err:
-            print(f"[hftrain] skipping image {image_ref.get('path')!r}: {err}", flush=True)
-            return None
+        failed = 0
+        for attempt in range(len(self.rows)):  # a broken image is replaced by the next one that decodes
+            row = self.rows[(index + attempt) % len(self.rows)]
+            decoded = self._decode(row, index + attempt)
+            if decoded is not None:
+                break
+            failed = 1
+        else:
+            raise RuntimeError(f"no image of the dataset under {self.image_root} decodes")
+        image, source_size = decoded
         objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
         boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
         pixels, boxes = prepare_image(
@@ -73,7 +72,19 @@ class DetectionDataset(Dataset):
             "class_labels": torch.tensor([o["category"] for o in objects], dtype=torch.long),
             "image_id": row["image_id"],
             "orig_size": (row["height"], row["width"]),
+            "failed": failed,  # this sample stands in for one that failed to decode (counted)
         }
+
+    def _decode(self, row: dict, index: int):
+        image_ref = row["image"]
+        try:
+            if image_ref.get("bytes"):
+                return decode_for_size(image_ref["bytes"], self.draft_for)
+            where = f"row {index} (image_id {row['image_id']})"
+            return decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where), self.draft_for)
+        except (OSError, ValueError, SyntaxError) as err:
+            print(f"[hftrain] skipping image {image_ref.get('path')!r}: {err}", flush=True)
+            return None
 
 
 @dataclass

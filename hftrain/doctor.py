@@ -32,16 +32,21 @@ DOMINANT_SHARE = 0.5
 
 
 def _load(argv: list[str], prog: str, description: str, extra=None):
+    """Parse the command line, load the recipe and its data; None (problems printed) for a bad recipe."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.sampler=repeat_factor")
     if extra:
         extra(parser)
     args = parser.parse_args(argv)
-    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(err, file=sys.stderr)
+        return None
     from hftrain.data.loader import load_data, materialise_synthetic
 
-    data = load_data(materialise_synthetic(recipe.data))
+    data = load_data(materialise_synthetic(recipe.data), seed=recipe.train.seed)
     return args, recipe, data
 
 
@@ -103,12 +108,11 @@ def sampler_batches(recipe, data, batches: int, epoch: int = 1) -> list[list[int
 
 
 def check_sampler_main(argv: list[str]) -> int:
-    try:
-        args, recipe, data = _load(argv, "hftrain check-sampler", "Class mix of the first training batches, class distribution, imbalance.", lambda p: p.add_argument(
-            "--batches", type=int, default=5, help="how many batches to show (default 5)"))
-    except RecipeError as err:
-        print(err, file=sys.stderr)
+    loaded = _load(argv, "hftrain check-sampler", "Class mix of the first training batches, class distribution, imbalance.", lambda p: p.add_argument(
+        "--batches", type=int, default=5, help="how many batches to show (default 5)"))
+    if loaded is None:
         return 2
+    args, recipe, data = loaded
     from hftrain.debug import batch_warnings
 
     names = data.class_names
@@ -145,12 +149,11 @@ def check_sampler_main(argv: list[str]) -> int:
 
 
 def doctor_main(argv: list[str]) -> int:
-    try:
-        args, recipe, data = _load(argv, "hftrain doctor", "One health report of a recipe before a long run.", lambda p: p.add_argument(
-            "--processes", type=int, default=1, help="processes the run will use (default 1)"))
-    except RecipeError as err:
-        print(err, file=sys.stderr)
+    loaded = _load(argv, "hftrain doctor", "One health report of a recipe before a long run.", lambda p: p.add_argument(
+        "--processes", type=int, default=1, help="processes the run will use (default 1)"))
+    if loaded is None:
         return 2
+    args, recipe, data = loaded
     errors = 0
 
     def say(line: str) -> None:

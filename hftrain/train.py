@@ -9,13 +9,12 @@ Reads top to bottom: recipe -> accelerator -> data -> model -> optimizer -> prep
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -493,40 +492,6 @@ def update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, lo
         log.print(f"new best {key} {value:.4f} at epoch {epoch}: {run_dir / 'best'}")
     accelerator.wait_for_everyone()
     return value if better else best
-
-
-def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
-    """Evaluate a run's ``best/`` (or ``model/``) weights on its recipe's validation split."""
-    hf_logging.disable_progress_bar()
-    run_dir = Path(run_dir)
-    recipe_path = run_dir / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no recipe.yaml (is this a run directory?)")
-    source = run_dir / weights
-    if not source.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no {weights}/ directory; train first or pass another weights dir")
-    recipe = load_recipe(recipe_path)
-    recipe = replace(recipe, model=replace(recipe.model, pretrained=str(source), config={}))
-    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=resolve_precision(recipe.precision.mode))
-    data = load_data(materialise_synthetic(recipe.data), seed=recipe.train.seed)
-    detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
-    loader = make_loader(data.val, recipe.eval.batch_size or recipe.train.batch_size, recipe.data, shuffle=False,
-                         normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
-                             pad_to_multiple=detector.pad_to_multiple)
-    model, loader = accelerator.prepare(detector.model, loader)
-    normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
-    evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
-    voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
-    metrics = evaluate(model, loader, accelerator, detector, normalize, evaluator, recipe.eval.max_detections,
-                       voc_evaluator)
-    log = RunLog(run_dir, accelerator.is_main_process)
-    log.print(f"evaluated {source} on {len(data.val)} validation images")
-    log.metrics_table(f"{source}", metrics)
-    if recipe.eval.voc:
-        log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
-    if accelerator.is_main_process:
-        (run_dir / f"eval_{weights}.json").write_text(json.dumps(metrics, indent=1))
-    return metrics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

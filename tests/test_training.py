@@ -13,7 +13,8 @@ from accelerate.state import AcceleratorState
 
 from conftest import PYTHON, REPO, records, tiny_recipe, write_recipe
 from hftrain.recipe import load_recipe
-from hftrain.train import TooManyBadImages, evaluate_run, train
+from hftrain.run_eval import evaluate_run
+from hftrain.train import TooManyBadImages, train
 
 
 def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=None, **sections):

@@ -15,7 +15,7 @@ from hftrain.data.decode import decode_for_size
 from hftrain.data.epoch_sampler import EpochShuffle
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
 from hftrain.data.sources import LoadedSplit, load_split
-from hftrain.data.transforms import Resize, prepare_image
+from hftrain.data.transforms import Resize, flip_horizontal, prepare_image
 
 
 class DetectionDataset(Dataset):
@@ -50,7 +50,15 @@ class DetectionDataset(Dataset):
             epoch, index = key
             rng = random.Random(f"{self.seed}:{epoch}:{index}")
         else:
-            index, rng = key, random
+            epoch, index, rng = 0, key, random
+        sample = self.load(index)  # decoded and resized, not yet augmented
+        if self.hflip > 0 and rng.random() < self.hflip:
+            sample["pixel_values"], sample["boxes"] = flip_horizontal(sample["pixel_values"], sample["boxes"])
+        return sample
+
+    def load(self, index: int) -> dict:
+        """Image ``index`` decoded and resized to the recipe's size (uint8 (3, H, W)), with its
+        training boxes (absolute xywh in the resized frame) and labels; no augmentation."""
         failed = 0
         for attempt in range(len(self.rows)):  # a broken image is replaced by the next one that decodes
             row = self.rows[(index + attempt) % len(self.rows)]
@@ -64,7 +72,7 @@ class DetectionDataset(Dataset):
         objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
         boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
         pixels, boxes = prepare_image(
-            image, boxes, (row["height"], row["width"]), self.resize, self.hflip, rng, source_size=source_size
+            image, boxes, (row["height"], row["width"]), self.resize, 0.0, source_size=source_size
         )
         return {
             "pixel_values": pixels,

@@ -65,7 +65,14 @@ def prepare_image(
     boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, [0, 2]] *= out_w / ann_w
     boxes[:, [1, 3]] *= out_h / ann_h
+    boxes = torch.from_numpy(boxes)
     if hflip > 0 and (rng or random).random() < hflip:
-        pixels = pixels.flip(-1)
-        boxes[:, 0] = out_w - boxes[:, 0] - boxes[:, 2]
-    return pixels, torch.from_numpy(boxes)
+        pixels, boxes = flip_horizontal(pixels, boxes)
+    return pixels, boxes
+
+
+def flip_horizontal(pixels: torch.Tensor, boxes_xywh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror a uint8 (3, H, W) image and its absolute xywh boxes left to right."""
+    boxes = boxes_xywh.clone()
+    boxes[:, 0] = pixels.shape[-1] - boxes[:, 0] - boxes[:, 2]
+    return pixels.flip(-1), boxes

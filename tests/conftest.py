@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from hftrain.models.tiny import TINY_CONFIGS, tiny_config
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tiny models gain nothing from a second thread, and lose a lot when another process wants the core
@@ -22,48 +24,9 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-TINY_RT_DETR = {
-    "d_model": 32,
-    "encoder_hidden_dim": 32,
-    "encoder_in_channels": [64, 128, 256],
-    "decoder_in_channels": [32, 32, 32],
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "decoder_layers": 2,
-    "num_queries": 20,
-    "num_denoising": 10,
-    "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2,
-    "backbone_config": {
-        "layer_type": "bottleneck",
-        "embedding_size": 16,
-        "hidden_sizes": [32, 64, 128, 256],
-        "depths": [1, 1, 1, 1],
-        "out_features": ["stage2", "stage3", "stage4"],
-    },
-}
-
-TINY_DEFORMABLE_DETR = {
-    "d_model": 32,
-    "encoder_layers": 1,
-    "decoder_layers": 2,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2,
-    "num_queries": 20,
-    "num_feature_levels": 2,
-    "encoder_n_points": 2,
-    "decoder_n_points": 2,
-    "use_pretrained_backbone": False,
-    "backbone_config": {
-        "embedding_size": 16,
-        "hidden_sizes": [16, 32, 64, 128],
-        "depths": [1, 1, 1, 1],
-        "layer_type": "basic",
-        "out_features": ["stage3", "stage4"],
-    },
-}
+# the names other tests import; the values live in hftrain/models/tiny.py (also used by --dry-run)
+TINY_RT_DETR = TINY_CONFIGS["rt_detr"]
+TINY_DEFORMABLE_DETR = TINY_CONFIGS["deformable_detr"]
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +61,7 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 def tiny_recipe(shapes_dir: Path, run_dir: Path, model: str = "rt_detr", **sections) -> dict:
     """A recipe dict training a tiny model on ``shapes_dir`` in a few seconds."""
-    config = TINY_RT_DETR if model == "rt_detr" else TINY_DEFORMABLE_DETR
+    config = tiny_config(model)
     recipe = {
         "output_dir": str(run_dir),
         "model": {"name": model, "config": config},

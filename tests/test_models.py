@@ -84,7 +84,7 @@ def test_criterion_runs_in_fp32_under_bf16_autocast():
 def test_sigmoid_topk_matches_the_processor_and_keeps_100_pairs():
     from transformers.models.deformable_detr.image_processing_pil_deformable_detr import DeformableDetrImageProcessorPil
 
-    from hftrain.models.detr_family import sigmoid_topk
+    from hftrain.models.postprocess import sigmoid_topk
 
     torch.manual_seed(0)
     outputs = SimpleNamespace(logits=torch.randn(2, 50, 3), pred_boxes=torch.rand(2, 50, 4) * 0.5 + 0.25)

@@ -1,42 +1,38 @@
-"""Builders for the transformers DETR-family detectors (RT-DETR, Deformable DETR).
+"""What the transformers DETR-family builders share (hftrain/models/detr.py, rt_detr.py).
 
-Each builder takes the recipe's model section and the class names, loads pretrained weights
-(a hub id or a local directory, heads re-initialised to the recipe's labels) or builds from a
-config, and returns a :class:`Detector` with the family's image processor and post-processing.
+A builder takes the recipe's model section and the class names and either loads pretrained
+weights (a hub id or a local directory, mismatched heads re-initialised to the recipe's labels) or
+builds the family's transformers config from ``model.config``. Every model then gets the same
+loss path: the box count summed over processes (:mod:`hftrain.models.box_count`) and, unless the
+recipe turns it off, the criterion in fp32 (:mod:`hftrain.models.criterion`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from transformers import (
-    AutoModelForObjectDetection,
-    DeformableDetrConfig,
-    DeformableDetrForObjectDetection,
-    PreTrainedModel,
-    RTDetrConfig,
-    RTDetrForObjectDetection,
-)
-from transformers.models.deformable_detr.image_processing_pil_deformable_detr import (
-    DeformableDetrImageProcessorPil,
-)
-from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
+from transformers import AutoModelForObjectDetection, PreTrainedConfig, PreTrainedModel
 
+from hftrain.models.box_count import normalise_by_global_box_count
 from hftrain.models.criterion import run_loss_in_fp32
-from hftrain.models.detector import Detector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# keyword arguments the DETR-family configs take besides their fields (consumed by __post_init__)
+BACKBONE_KWARGS = frozenset({"use_timm_backbone", "backbone", "backbone_kwargs", "use_pretrained_backbone",
+                             "num_labels"})
 
 
 class PretrainedNotFound(OSError):
     """Pretrained weights could not be loaded (no network, wrong id, missing directory)."""
 
 
-def _labels(class_names: list[str]) -> dict[str, Any]:
+def label_fields(class_names: list[str]) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` for a config or ``from_pretrained``."""
     id2label = dict(enumerate(class_names))
     return {
         "num_labels": len(class_names),
@@ -45,11 +41,21 @@ def _labels(class_names: list[str]) -> dict[str, Any]:
     }
 
 
+def check_config_keys(config_class: type[PreTrainedConfig], overrides: dict[str, Any]) -> None:
+    """transformers keeps unknown config keys as plain attributes: a misspelt ``model.config`` key
+    would change nothing. Refuse keys that are not fields of the family's config."""
+    known = {f.name for f in dataclasses.fields(config_class)} | set(config_class.attribute_map) | BACKBONE_KWARGS
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"model.config: unknown {config_class.__name__} settings {unknown} "
+                         f"(known: {', '.join(sorted(known))})")
+
+
 def load_pretrained(name: str, class_names: list[str], overrides: dict[str, Any]) -> PreTrainedModel:
     """``from_pretrained`` with the recipe's labels; mismatched heads are re-initialised."""
     try:
         return AutoModelForObjectDetection.from_pretrained(
-            name, ignore_mismatched_sizes=True, **_labels(class_names), **overrides
+            name, ignore_mismatched_sizes=True, **label_fields(class_names), **overrides
         )
     except OSError as err:
         where = "local directory" if Path(name).exists() else "hub id"
@@ -60,19 +66,27 @@ def load_pretrained(name: str, class_names: list[str], overrides: dict[str, Any]
         ) from None
 
 
-def sigmoid_topk(outputs, target_sizes: torch.Tensor, k: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Focal-style (sigmoid) detections: each image's top ``k`` (query, class) pairs, boxes as
-    absolute xyxy scaled by ``target_sizes`` (height, width). transformers' RT-DETR post-processing
-    keeps only ``num_queries`` of them, fewer than the 100 detections COCO evaluation counts."""
-    logits, boxes = outputs.logits.float(), outputs.pred_boxes.float()
-    num_classes = logits.shape[-1]
-    scores, index = logits.sigmoid().flatten(1).topk(min(k, logits.shape[1] * num_classes), dim=1)
-    queries = index // num_classes
-    cx, cy, w, h = boxes.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4)).unbind(-1)
-    height, width = target_sizes.to(boxes.device).float().unbind(1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-    xyxy = xyxy * torch.stack([width, height, width, height], dim=1)[:, None, :]
-    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, index % num_classes, xyxy)]
+def config_from_recipe(config_class: type[PreTrainedConfig], overrides: dict[str, Any], class_names: list[str],
+                       backbone_type: str) -> PreTrainedConfig:
+    """The family's config from ``model.config``; a ``backbone_config`` dict is a ``backbone_type``
+    config (``resnet``, ``rt_detr_resnet``, ``hgnet_v2``) unless it names its own ``model_type``."""
+    overrides = dict(overrides)
+    check_config_keys(config_class, overrides)
+    backbone = overrides.pop("backbone_config", None)
+    if isinstance(backbone, dict):
+        backbone = {"model_type": backbone_type, **backbone}
+    if backbone is not None:
+        overrides["backbone_config"] = backbone
+    return config_class(**overrides, **label_fields(class_names))
+
+
+def build_or_load(cfg, class_names: list[str], config_class: type[PreTrainedConfig],
+                  model_class: type[PreTrainedModel], backbone_type: str) -> PreTrainedModel:
+    """``cfg.pretrained`` loaded with ``cfg.config`` as overrides, or a new model from ``cfg.config``."""
+    if cfg.pretrained:
+        check_config_keys(config_class, cfg.config)
+        return load_pretrained(cfg.pretrained, class_names, cfg.config)
+    return model_class(config_from_recipe(config_class, cfg.config, class_names, backbone_type))
 
 
 def reset_batchnorm_scale(model: nn.Module) -> None:
@@ -84,70 +98,18 @@ def reset_batchnorm_scale(model: nn.Module) -> None:
             nn.init.ones_(module.weight)
 
 
-def _finish(model: PreTrainedModel, fp32_criterion: bool) -> PreTrainedModel:
+def backbone_tail_unused(config: PreTrainedConfig) -> bool:
+    """Whether the backbone computes stages after the last one it outputs: their parameters then
+    get no gradient (e.g. ``out_features: [stage2, stage3]`` of a four-stage ResNet)."""
+    backbone = getattr(config, "backbone_config", None)
+    out_features = getattr(backbone, "out_features", None)
+    stage_names = getattr(backbone, "stage_names", None)
+    return bool(out_features and stage_names) and out_features[-1] != stage_names[-1]
+
+
+def finish(model: PreTrainedModel, fp32_criterion: bool) -> PreTrainedModel:
+    """The loss path every DETR-family model shares: global box count, then (optionally) fp32."""
+    normalise_by_global_box_count(model)
     if fp32_criterion:
         run_loss_in_fp32(model)
     return model
-
-
-def build_rt_detr(cfg, class_names: list[str], fp32_criterion: bool = True) -> Detector:
-    """RT-DETR: no pixel mask, focal-style sigmoid scores, images rescaled to [0, 1] only."""
-    if cfg.pretrained:
-        model = load_pretrained(cfg.pretrained, class_names, cfg.config)
-    else:
-        overrides = dict(cfg.config)
-        backbone = overrides.pop("backbone_config", None)
-        if isinstance(backbone, dict):
-            backbone = {"model_type": "rt_detr_resnet", **backbone}
-        config = RTDetrConfig(**overrides, **({"backbone_config": backbone} if backbone else {}), **_labels(class_names))
-        model = RTDetrForObjectDetection(config)
-        reset_batchnorm_scale(model)
-    processor = RTDetrImageProcessorPil()
-
-    def postprocess(outputs, target_sizes: torch.Tensor):
-        if model.config.use_focal_loss:
-            return sigmoid_topk(outputs, target_sizes)
-        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes,
-                                                       use_focal_loss=False)
-
-    return Detector(
-        model=_finish(model, fp32_criterion),
-        postprocess=postprocess,
-        image_processor=processor,
-        image_mean=(0.0, 0.0, 0.0),
-        image_std=(1.0, 1.0, 1.0),
-        uses_pixel_mask=False,
-        pad_to_multiple=32,  # the encoder's FPN adds stride-8/16/32 maps: sizes must divide evenly
-        find_unused_parameters=False,
-        backbone_prefixes=("model.backbone",),
-    )
-
-
-def build_deformable_detr(cfg, class_names: list[str], fp32_criterion: bool = True) -> Detector:
-    """Deformable DETR (with_box_refine / two_stage via ``model.config``): reads the pixel mask."""
-    if cfg.pretrained:
-        model = load_pretrained(cfg.pretrained, class_names, cfg.config)
-    else:
-        overrides = dict(cfg.config)
-        backbone = overrides.pop("backbone_config", None)
-        if isinstance(backbone, dict):
-            backbone = {"model_type": "resnet", **backbone}
-            overrides.setdefault("use_timm_backbone", False)
-        config = DeformableDetrConfig(
-            **overrides, **({"backbone_config": backbone} if backbone else {}), **_labels(class_names)
-        )
-        model = DeformableDetrForObjectDetection(config)
-    processor = DeformableDetrImageProcessorPil()
-
-    config = model.config
-    return Detector(
-        model=_finish(model, fp32_criterion),
-        postprocess=sigmoid_topk,
-        image_processor=processor,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        uses_pixel_mask=True,
-        # without auxiliary loss, and with two-stage encoder outputs, some parameters get no gradient
-        find_unused_parameters=not config.auxiliary_loss or config.two_stage,
-        backbone_prefixes=("model.backbone",),
-    )

@@ -2,7 +2,8 @@
 
 ``checkpoints/step_NNNNNNNN/`` holds ``accelerator.save_state`` output (model weights as
 safetensors, optimizer, grad scaler, every process's Python/NumPy/torch RNG states), the LR
-scheduler's state (``scheduler.pt``), ``trainer_state.json`` (epoch, optimizer step, batches
+scheduler's state (``scheduler.pt``), the weights' moving average and its update count when
+``ema.enabled`` (``ema.pt``), ``trainer_state.json`` (epoch, optimizer step, batches
 consumed in the epoch) and ``manifest.json`` (every file's size and SHA-256). It is written
 under ``<name>.partial`` and renamed only when complete: a kill during a save leaves the
 previous checkpoint as the latest. Resuming verifies the manifest and skips, with a warning
@@ -32,6 +33,7 @@ from hftrain import faults
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
 SCHEDULER_FILE = "scheduler.pt"
+EMA_FILE = "ema.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -50,8 +52,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: int) -> Path:
-    """Save the full training state (called on every process); ``state`` goes to trainer_state.json."""
+def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: int, ema=None) -> Path:
+    """Save the full training state (called on every process); ``state`` goes to trainer_state.json,
+    ``ema`` (an ``hftrain.ema.ModelEma``, the same on every process) to ema.pt."""
     final = checkpoint_dir(run_dir) / f"step_{state['step']:08d}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
@@ -61,6 +64,8 @@ def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: in
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
+        if ema is not None:
+            torch.save(ema.state_dict(), partial / EMA_FILE)
         (partial / STATE_FILE).write_text(json.dumps(state))
         files = sorted(p for p in partial.iterdir() if p.is_file())
         manifest = {"step": state["step"], "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
@@ -136,10 +141,15 @@ def resolve_resume(run_dir: Path, resume: str | bool) -> Path:
     return path
 
 
-def load_checkpoint(accelerator, checkpoint: Path, scheduler) -> dict:
-    """Restore everything ``save_checkpoint`` wrote; returns the trainer state."""
+def load_checkpoint(accelerator, checkpoint: Path, scheduler, ema=None) -> dict:
+    """Restore everything ``save_checkpoint`` wrote; returns the trainer state. A checkpoint saved
+    without an EMA restarts ``ema`` from the weights just loaded."""
     accelerator.load_state(str(checkpoint))
     scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+    if ema is not None and (Path(checkpoint) / EMA_FILE).is_file():
+        ema.load_state_dict(torch.load(Path(checkpoint) / EMA_FILE, map_location="cpu", weights_only=True))
+    elif ema is not None:
+        ema.restart()
     state = read_state(checkpoint)
     # load_state does not restore the save counter; keep it so automatic naming never collides
     accelerator.project_configuration.iteration = state.get("save_count", 0)

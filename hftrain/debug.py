@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hftrain.data.collate import unpack_labels
+
 DOMINANT_SHARE = 0.8
 """A batch in which one class holds at least this share of the boxes gets a warning."""
 NAMES_SHOWN = 12
@@ -145,9 +147,9 @@ class DebugMonitor:
         with open(self.samples_path, "a") as handle:
             handle.write(json.dumps({"epoch": epoch, "batch": self.micro_seen,
                                      "image_ids": batch["image_ids"].tolist()}) + "\n")
-        counts = batch_histogram(batch["labels"], self.class_names)
+        counts = batch_histogram(unpack_labels(batch), self.class_names)
         mix = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "no boxes"
-        self.log.print(f"[debug] batch {self.micro_seen} ({len(batch['labels'])} images) boxes per class: {mix}; "
+        self.log.print(f"[debug] batch {self.micro_seen} ({batch['images']} images) boxes per class: {mix}; "
                        f"{len(counts)} of {len(self.class_names)} classes")
         warnings = batch_warnings(counts, len(self.class_names))
         for warning in warnings:

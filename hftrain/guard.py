@@ -196,7 +196,7 @@ class NonFiniteGuard:
         if not found:
             raise NonFiniteAbort("guard.nonfinite: rollback: no checkpoint to roll back to")
         source = found[-1]
-        saved = checkpoints.load_checkpoint(accelerator, source, scheduler)
+        saved = checkpoints.load_checkpoint(accelerator, source, scheduler, state.ema)  # the EMA rolls back too
         self.rollbacks += 1
         self.consecutive = 0
         self.lr_scale *= self.cfg.lr_factor

@@ -110,6 +110,18 @@ class MicroBatching:
             if state.batches_done:
                 source = self.accelerator.skip_first_batches(self.loader, state.batches_done)
 
+    def resize(self, batch_size: int, accum: int) -> None:
+        """A new phase: rebuild the training loader for ``batch_size`` micro-batches of ``accum`` steps."""
+        self.accelerator.gradient_accumulation_steps = accum
+        if batch_size == self.batch_size and accum == self.accum:
+            return
+        old_loader, old_size = self.loader, self.batch_size
+        self.batch_size, self.accum = batch_size, accum
+        if batch_size != old_size:
+            self.loader = self.rebuild(batch_size)
+            with contextlib.suppress(ValueError, AttributeError):
+                self.accelerator._dataloaders.remove(old_loader)  # save_state would otherwise save both
+
     def recover(self, err: BaseException, optimizer, state) -> None:
         """Halve the micro-batch, double accumulation, and position the data at the interrupted step."""
         if self.accelerator.num_processes > 1:
@@ -156,8 +168,10 @@ class MicroBatching:
 
 
 def worst_canvas(data_cfg, pad_to_multiple: int) -> tuple[int, int]:
-    """The largest padded canvas the recipe's resize can give a batch."""
+    """The largest padded canvas the recipe's resize (and scale jitter) can give a batch."""
     side = data_cfg.min_size if data_cfg.resize == "square" else data_cfg.max_size
+    if data_cfg.augment.scale_jitter > 0:  # data.augment.scale_range above 1 grows images past the resize
+        side = max(1, round(side * max(1.0, data_cfg.augment.scale_range[1])))
     side = -(-side // pad_to_multiple) * pad_to_multiple
     return side, side
 
@@ -170,7 +184,7 @@ def pad_to(batch: dict, height: int, width: int) -> dict:
 
 def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
     """The recipe with ``train.batch_size`` and ``gradient_accumulation_steps`` set by probing."""
-    from hftrain.data.collate import Collate
+    from hftrain.data.collate import Collate, unpack_labels
 
     target = recipe.train.effective_batch
     processes = accelerator.num_processes
@@ -193,7 +207,7 @@ def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
                     batch = pad_to(collate(samples), *canvas)
                     if batch.get("images", 0) < size:
                         continue  # undecodable samples: not a fair probe of this size
-                    labels = [{k: v.to(accelerator.device) for k, v in t.items()} for t in batch["labels"]]
+                    labels = unpack_labels({k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()})
                     inputs = {k: v.to(accelerator.device) for k, v in inputs_fn(batch).items()}
                     with accelerator.autocast():
                         loss = model(**inputs, labels=labels).loss

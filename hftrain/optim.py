@@ -69,3 +69,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, peak_lr: float, total
                     steps_per_epoch: int) -> LambdaLR:
     """LambdaLR applying :func:`lr_factor` to every parameter group."""
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, peak_lr, total_steps, steps_per_epoch))
+
+
+def set_peak_lr(scheduler: LambdaLR, scale: float) -> None:
+    """Rescale the schedule to a new peak (a training phase's lr): every group's base lr becomes its
+    initial lr times ``scale``, and its current lr follows at the scheduler's position."""
+    optimizer = scheduler.optimizer
+    scheduler.base_lrs = [group["initial_lr"] * scale for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -66,6 +66,40 @@ class SyntheticConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation beyond the flip (``hftrain.data.augment``), on uint8 tensors. Every random
+    choice comes from the sample's (train.seed, epoch, index) generator, so a sample is the same in any
+    worker or process and after a resume. Order: mosaic, mixup, scale jitter, then ``data.hflip``.
+    Validation is never augmented."""
+
+    mosaic: float = 0.0
+    """Probability that a training sample is a mosaic: this image and three drawn at random, cut around a
+    random centre (uniform in the middle half of each axis) onto one canvas of this image's resized size
+    (``data.resize: square``: min_size x min_size; shortest_edge: this image's min_size/max_size size, so
+    mosaics keep the size distribution of plain samples). Each image keeps its resized scale; gray (114)
+    where none reaches. Boxes are clipped to the visible part of their image (see ``min_box_size``)."""
+    mixup: float = 0.0
+    """Probability that a sample is blended with another one built the same way (itself a mosaic with
+    probability ``mosaic``): pixels r * this + (1 - r) * other, r ~ Beta(32, 32) as in ultralytics, the
+    boxes of both kept. The other is resized to this sample's size when they differ."""
+    scale_jitter: float = 0.0
+    """Probability that a sample (after mosaic and mixup) is rescaled by a factor drawn uniformly from
+    ``scale_range``, boxes with it; the collate pads each batch to its largest image."""
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    """[low, high] of the scale-jitter factor. Above 1, images (and memory) grow past data.min_size/max_size."""
+    close_mosaic_epoch: int | None = None
+    """The first epoch with mosaic and mixup off; they stay off to the end. An absolute epoch number as the
+    loop counts and logs them (from 1, across phases), so it does not depend on knowing the run's length:
+    ultralytics' ``close_mosaic: 10`` (off for the last 10 epochs) in a 150-epoch run is 141. null: never."""
+    min_box_size: float = 2.0
+    """Mosaic: a box cut by the canvas edge or the centre lines is dropped when its visible part is narrower
+    or lower than this many pixels..."""
+    min_visible: float = 0.1
+    """...or shows less than this fraction of the box's area. Dropped boxes are counted, never silent
+    (``boxes_dropped`` in the train records of metrics.jsonl)."""
+
+
+@dataclass
 class DataConfig:
     format: str = "coco"
     """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
@@ -84,6 +118,8 @@ class DataConfig:
     min_size x min_size, as RT-DETR's official training does (640 x 640)."""
     hflip: float = 0.5
     """Probability of a horizontal flip during training."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Mosaic, mixup, scale jitter and when mosaic stops (all off by default)."""
     jpeg_draft: bool = True
     """Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the resized image is at
     most half its size on both axes, then resize from there: several times less decoding work.
@@ -123,6 +159,17 @@ class DataConfig:
     """repeat_factor: classes in fewer than this fraction of the images are repeated (LVIS uses 0.001)."""
     group_by_aspect_ratio: bool = False
     """Batch landscape and portrait images separately (less padding)."""
+    cache: Literal["none", "ram"] = "none"
+    """ram: keep the decoded, resized uint8 training images in RAM (``hftrain.data.ram_cache``): the
+    first epoch decodes each image once, later epochs (and mosaic tiles) read it from memory. One copy
+    per machine, shared by every dataloader worker and every training process there. Its exact size
+    (sum of 3 x H x W of the resized images) is checked against the available memory before any
+    worker starts, and the run is refused when it does not fit (see ``cache_margin_gb``)."""
+    cache_val: bool = False
+    """With cache: ram, cache the validation images too (decoded only every eval.interval epochs
+    otherwise; their size is added to the estimate)."""
+    cache_margin_gb: float = 4.0
+    """GiB of memory that must stay available once the cache is full (model, workers, batches in flight)."""
 
 
 @dataclass
@@ -181,6 +228,26 @@ class TrainConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One training phase (``hftrain.phases``): consecutive epochs with their own batch, lr and frozen modules."""
+
+    name: str = ""
+    """Shown in the log (default phase1, phase2...)."""
+    epochs: int = 1
+    """Epochs in this phase; the phases' epochs add up to ``train.epochs``."""
+    batch_size: int | None = None
+    """Images per device per micro-batch in this phase; null: ``train.batch_size``."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimizer step in this phase; null: ``train.gradient_accumulation_steps``."""
+    lr: float | None = None
+    """Peak learning rate of this phase (the schedule's curve is rescaled to it); null: ``optim.lr``."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameters frozen in this phase: module or parameter names (``model.backbone`` freezes everything
+    under it) or glob patterns (``*.backbone.*``). BatchNorm layers whose parameters are all frozen stay in
+    eval mode."""
+
+
+@dataclass
 class PrecisionConfig:
     mode: Literal["auto", "bf16", "fp16", "no"] = "auto"
     """auto: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
@@ -192,6 +259,9 @@ class PrecisionConfig:
 class EvalConfig:
     interval: int = 1
     """Evaluate every this many epochs (and always after the last)."""
+    during_training: bool = True
+    """false: no evaluation before the last epoch (FRED's ``--no_eval_map``: faster epochs; ``best/`` is then the
+    final model); the last epoch is always evaluated."""
     batch_size: int | None = None
     """Per-device evaluation batch; null uses train.batch_size."""
     max_detections: int = 100
@@ -256,6 +326,36 @@ class PlotsConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (``hftrain.ema``), as RT-DETR's official training keeps."""
+
+    enabled: bool = False
+    """Keep the average; evaluation during training, ``best/`` and ``model/`` then use the averaged weights."""
+    decay: float = 0.9999
+    """The decay the average approaches: after each optimizer step, ema = d * ema + (1 - d) * weights."""
+    warmup_updates: int = 2000
+    """d = decay * (1 - exp(-updates / warmup_updates)): small for the first updates (the average follows the
+    weights), near ``decay`` after a few times this many optimizer steps (RT-DETR: 2000)."""
+
+
+@dataclass
+class CudaConfig:
+    """CUDA memory settings (``hftrain.cuda_memory``); all do nothing without a CUDA device. The CPU thread
+    count is ``train.cpu_threads``."""
+
+    alloc_conf: str | None = None
+    """Caching-allocator settings, e.g. ``max_split_size_mb:64`` or
+    ``max_split_size_mb:512,garbage_collection_threshold:0.7,expandable_segments:True``: set as
+    PYTORCH_ALLOC_CONF and PYTORCH_CUDA_ALLOC_CONF (torch 2.13 reads both) before CUDA initialises. null
+    leaves the environment as it is."""
+    memory_fraction: float | None = None
+    """Cap this process's GPU memory at this fraction of the device's
+    (``torch.cuda.set_per_process_memory_fraction``); null: no cap."""
+    empty_cache_every: int | None = None
+    """Call ``torch.cuda.empty_cache()`` after every this many micro-batches of an epoch; null: never."""
+
+
+@dataclass
 class Recipe:
     output_dir: str = "runs/default"
     """Run directory: checkpoints, logs, metrics.jsonl, recipe.yaml, model/."""
@@ -270,6 +370,11 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
     plots: PlotsConfig = field(default_factory=PlotsConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    cuda: CudaConfig = field(default_factory=CudaConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Training phases in order (e.g. a frozen-backbone phase, then an unfrozen one); empty: one phase of
+    ``train.epochs`` with the ``train``/``optim`` values. With phases, ``train.epochs`` is set to their sum."""
     debug: bool = False
     """Debug mode: batch class histograms, gradient and update checks, NaN/Inf hooks, warm-up lr (``hftrain.debug``)."""
     debug_batches: int = 5
@@ -295,13 +400,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     path = Path(path)
     raw = _read_with_base(path)
     problems: list[str] = []
-    for item in overrides:
+    for item in expand_override_files(overrides, problems):
         key, sep, text = item.partition("=")
         if not sep or not key:
             problems.append(f"override {item!r} is not of the form key=value")
             continue
         _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
     recipe = _build(Recipe, raw, "", problems)
+    if recipe.phases and not problems:  # the phases define the run's length
+        recipe.train.epochs = sum(phase.epochs for phase in recipe.phases)
     if not problems:
         _check_values(recipe, problems)
         if check_paths:
@@ -309,6 +416,28 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     if problems:
         raise RecipeError(problems, str(path))
     return recipe
+
+
+def expand_override_files(overrides, problems: list[str]) -> list[str]:
+    """``@FILE.yaml`` in the overrides stands for the ``key: value`` lines of that file (dotted keys,
+    e.g. a stability profile), in its place among the other overrides."""
+    out: list[str] = []
+    for item in overrides:
+        if not item.startswith("@"):
+            out.append(item)
+            continue
+        path = Path(item[1:])
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            problems.append(f"override file {path}: {err}")
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"override file {path}: expected a mapping of dotted keys to values")
+            continue
+        out.extend(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                   for key, value in values.items())
+    return out
 
 
 def _read_with_base(path: Path) -> dict:
@@ -347,13 +476,20 @@ _FREEFORM = {"config", "category_map"}
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    """``a.b.c=value``; a number indexes an existing list (``phases.1.batch_size=8``)."""
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part), (dict, list)):
             node[part] = {}
         node = node[part]
-    node[parts[-1]] = value
+    if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
 
 
 def all_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
@@ -477,6 +613,15 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
     for key, value in positive.items():
         if value < 1:
             problems.append(f"{key}: must be at least 1, got {value}")
+    for i, phase in enumerate(recipe.phases):
+        for key in ("epochs", "batch_size", "gradient_accumulation_steps"):
+            value = getattr(phase, key)
+            if value is not None and value < 1:
+                problems.append(f"phases[{i}].{key}: must be at least 1, got {value}")
+        if phase.lr is not None and phase.lr <= 0:
+            problems.append(f"phases[{i}].lr: must be positive, got {phase.lr}")
+    if recipe.phases and recipe.train.batch_size == "auto":
+        problems.append("train.batch_size: auto cannot be combined with phases; give each phase a batch_size")
     if recipe.train.batch_size == "auto" and recipe.train.effective_batch is None:
         problems.append("train.batch_size: auto needs train.effective_batch (images per optimizer step)")
     if not 0.0 < recipe.guard.lr_factor <= 1.0:
@@ -510,6 +655,32 @@ def _check_values(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
     if not 0.0 <= recipe.data.hflip <= 1.0:
         problems.append(f"data.hflip: must be a probability in [0, 1], got {recipe.data.hflip}")
+    augment = recipe.data.augment
+    for key in ("mosaic", "mixup", "scale_jitter", "min_visible"):
+        if not 0.0 <= getattr(augment, key) <= 1.0:
+            problems.append(f"data.augment.{key}: must be in [0, 1], got {getattr(augment, key)}")
+    if len(augment.scale_range) != 2 or not 0.0 < augment.scale_range[0] <= augment.scale_range[1]:
+        problems.append(f"data.augment.scale_range: must be [low, high] with 0 < low <= high, got {augment.scale_range}")
+    if augment.close_mosaic_epoch is not None and augment.close_mosaic_epoch < 1:
+        problems.append(f"data.augment.close_mosaic_epoch: must be an epoch number (from 1) or null, "
+                        f"got {augment.close_mosaic_epoch}")
+    if augment.min_box_size < 0:
+        problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
+    if recipe.data.cache_margin_gb < 0:
+        problems.append(f"data.cache_margin_gb: must be 0 or more, got {recipe.data.cache_margin_gb}")
+    if not 0.0 < recipe.ema.decay < 1.0:
+        problems.append(f"ema.decay: must be in (0, 1), got {recipe.ema.decay}")
+    if recipe.ema.warmup_updates < 1:
+        problems.append(f"ema.warmup_updates: must be at least 1, got {recipe.ema.warmup_updates}")
+    cuda = recipe.cuda
+    if cuda.memory_fraction is not None and not 0.0 < cuda.memory_fraction <= 1.0:
+        problems.append(f"cuda.memory_fraction: must be in (0, 1] or null, got {cuda.memory_fraction}")
+    if cuda.empty_cache_every is not None and cuda.empty_cache_every < 1:
+        problems.append(f"cuda.empty_cache_every: must be at least 1 or null, got {cuda.empty_cache_every}")
+    if cuda.alloc_conf is not None:
+        from hftrain.cuda_memory import check_alloc_conf
+
+        problems.extend(check_alloc_conf(cuda.alloc_conf))
     from hftrain.models.registry import MODELS  # the registry is the schema of model names
 
     if recipe.model.name not in MODELS:

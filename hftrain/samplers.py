@@ -29,6 +29,8 @@ from collections import Counter
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
+from hftrain.data.epoch_sampler import Draw
+
 
 # ---------------------------------------------------------------------------- labels, without images
 
@@ -78,11 +80,7 @@ def repeat_factors(classes: list[np.ndarray], num_classes: int, threshold: float
 # ---------------------------------------------------------------------------- samplers
 
 
-REPEAT_STRIDE = 1000
-"""Augmentation draws per epoch: an image repeated within one epoch gets draws epoch*1000, +1, +2..."""
-
-
-class RepeatFactorSampler(Sampler[tuple[int, int]]):
+class RepeatFactorSampler(Sampler[tuple[Draw, int]]):
     """Indices of one epoch: each image ``floor(r)`` or ``ceil(r)`` times (stochastic rounding),
     shuffled, seeded by ``(seed, epoch)``. With all factors 1 it is a seedable shuffle."""
 
@@ -114,14 +112,14 @@ class RepeatFactorSampler(Sampler[tuple[int, int]]):
         return math.ceil(self.epoch_length / self.num_replicas)
 
     def __iter__(self):
-        """``(draw, index)`` pairs: the dataset seeds a sample's augmentation by them (see
-        ``DetectionDataset``); ``draw`` is ``epoch * REPEAT_STRIDE + copy`` so that the repeats of an
-        image within an epoch are augmented differently."""
+        """``(Draw(epoch, copy), index)`` pairs: the dataset seeds a sample's augmentation by them (see
+        ``DetectionDataset``), so the repeats of an image within an epoch are augmented differently, and
+        reads the epoch from them (``data.augment.close_mosaic_epoch``)."""
         indices = self.global_indices()
         copies: Counter = Counter()
         keys = []
         for index in indices.tolist():
-            keys.append((self.epoch * REPEAT_STRIDE + copies[index], index))
+            keys.append((Draw(self.epoch, copies[index]), index))
             copies[index] += 1
         if self.num_replicas > 1:
             keys = [keys[i % len(keys)] for i in range(len(self) * self.num_replicas)][self.rank :: self.num_replicas]

@@ -19,20 +19,24 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
 
 from transformers.utils import logging as hf_logging
 
 from hftrain import checkpoints, faults
 from hftrain.coco_eval import CocoEvaluator
+from hftrain.cuda_memory import CudaMemory, apply_allocator
+from hftrain.data.collate import unpack_labels
 from hftrain.data.loader import load_data, make_loader, materialise_synthetic
 from hftrain.models.registry import build_model
 from hftrain import samplers
 from hftrain.debug import DebugMonitor, check_trainable
+from hftrain.ema import ModelEma
 from hftrain.guard import NonFiniteGuard
 from hftrain.loss_stats import LossStats
 from hftrain.oom import MicroBatching, install_injection, resolve_auto_batch
-from hftrain.optim import build_optimizer, build_scheduler
+from hftrain.optim import build_optimizer, build_scheduler, set_peak_lr
+from hftrain.phases import Phase, apply_freeze, check_freeze_patterns, frozen_norms_to_eval, phase_at, plan
 from hftrain.preemption import StopSignal
 from hftrain.pictures import RunPictures
 from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
@@ -57,6 +61,7 @@ class LoopState:
     bad_images: int = 0
     save_count: int = 0
     best: float | None = None  # best value of checkpoint.best_metric so far
+    ema: ModelEma | None = None  # ema.enabled: the weights' moving average (checkpoints hold it as ema.pt)
 
     def saved(self, epoch_complete: bool) -> dict:
         """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
@@ -73,6 +78,7 @@ class Health:
     guard: NonFiniteGuard  # guard.nonfinite: skip | rollback | abort
     stats: LossStats  # loss variance and trend, clipped fraction, gradient norm before clipping
     debug: DebugMonitor | None = None  # debug: true
+    memory: CudaMemory | None = None  # cuda: empty_cache every cuda.empty_cache_every micro-batches
 
 
 def resolve_precision(mode: str) -> str:
@@ -154,8 +160,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
     "epoch" (the data ran out), "max_steps" (``train.max_steps`` reached), "stopped" (a signal) or
     "rollback" (the non-finite guard reloaded an earlier checkpoint; ``state`` says where to go on)."""
     model.train()
+    frozen_norms_to_eval(model)  # phases: BatchNorm layers of frozen modules keep their running statistics
     clip = recipe.train.clip_max_norm
-    window = {"loss": 0.0, "t_load": 0.0, "t_step": 0.0, "micro": 0, "clipped": 0, "syncs": 0, "images": 0}
+    trainable = [p for p in model.parameters() if p.requires_grad]  # clipping reads this list, not the module tree, every step
+    window = {"loss": 0.0, "t_load": 0.0, "t_step": 0.0, "micro": 0, "clipped": 0, "syncs": 0, "images": 0,
+              "boxes_dropped": 0}
     epoch_loss, epoch_micro = 0.0, 0
     step_loss, step_micro = 0.0, 0
     health.stats.start_epoch()
@@ -176,15 +185,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
         verdict = "ok"
         try:
             with accelerator.accumulate(model):
-                outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask), labels=batch["labels"])
+                outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask), labels=unpack_labels(batch))
                 loss = outputs.loss
                 health.guard.observe(outputs)  # NaN/Inf in the loss and its terms (flags only, no sync)
                 accelerator.backward(loss)
+                loss_value = loss.item()  # read before the update is queued: the host never waits for the optimizer step
                 if accelerator.sync_gradients:
                     if health.debug:  # debug: which trainable parameters got a gradient
                         health.debug.after_backward(state.step + 1)
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip if clip else math.inf)
+                    grad_norm = accelerator.clip_grad_norm_(trainable, clip if clip else math.inf)
                     verdict = health.guard.verdict(grad_norm, state, accelerator)  # ok | skip | rollback (abort raises)
+                    norm = float(grad_norm)  # free here (the guard just synchronised); after the update it waits for it
                 if verdict == "ok":  # guard: a non-finite step gets no update
                     optimizer.step()
                 elif accelerator.scaler is not None:  # fp16: unscale_ ran in clipping; close the scaler's step
@@ -193,12 +204,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
                     health.debug.after_step(state.step + 1, updated=verdict == "ok")
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     scheduler.step()
+                if state.ema and accelerator.sync_gradients and verdict == "ok" and not accelerator.optimizer_step_was_skipped:
+                    state.ema.update()  # ema: average in the weights this optimizer step produced
                 optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError as err:  # halve the micro-batch, double accumulation, redo this optimizer step
             health.batching.recover(err, optimizer, state)
             tick = time.perf_counter()
             continue
-        loss_value = loss.item()
         health.stats.add_micro(loss_value)
         t_step = time.perf_counter() - tick - t_load
         epoch_loss, epoch_micro = epoch_loss + loss_value, epoch_micro + 1
@@ -207,12 +219,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, accelerator, detector, 
         window["t_load"] += t_load
         window["t_step"] += t_step
         window["micro"] += 1
-        window["images"] += len(batch["labels"])
+        window["images"] += batch["images"]
+        window["boxes_dropped"] += batch.get("boxes_dropped", 0)  # data.augment: mosaic boxes cut too small to keep
         log.advance(loss_value, epoch_loss / epoch_micro, lr)
+        if health.memory and health.memory.empty_cache_due(state.batches_done):  # cuda.empty_cache_every
+            torch.cuda.empty_cache()
         if accelerator.sync_gradients:
             state.step += 1
             window["syncs"] += 1
-            norm = float(grad_norm)
             window["clipped"] += int(clip is not None and norm > clip)
             health.stats.end_step(norm, clip is not None and norm > clip)
             if health.debug:  # debug: the learning rate of every warm-up step
@@ -250,7 +264,7 @@ def save_checkpoint(accelerator, recipe: Recipe, scheduler, state: LoopState, ep
     """A full checkpoint at the current optimizer step (every process calls this)."""
     state.save_count += 1
     checkpoints.save_checkpoint(accelerator, Path(recipe.output_dir), scheduler, state.saved(epoch_complete),
-                                recipe.checkpoint.keep)
+                                recipe.checkpoint.keep, ema=state.ema)
 
 
 def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog, lr: float, stats: LossStats) -> None:
@@ -265,6 +279,7 @@ def log_window(window: dict, outputs, accelerator, state: LoopState, log: RunLog
         "t_load": t_load, "t_step": t_step, "t_load_share": t_load / total, "t_step_share": t_step / total,
         "clipped_fraction": window["clipped"] / max(1, window["syncs"]),
         "images_per_second": window["images"] * accelerator.num_processes / max(window["t_load"] + window["t_step"], 1e-12),
+        "boxes_dropped": int(accelerator.reduce(torch.tensor(float(window["boxes_dropped"]), device=accelerator.device), "sum").item()),
     }
     summary = stats.window_summary()  # loss variance, trend, clipped fraction, pre-clip grad norm
     values.update(summary)
@@ -313,6 +328,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     process exit code: 0, or 143/130 after a SIGTERM/SIGINT checkpoint)."""
     hf_logging.disable_progress_bar()
     run_dir = Path(recipe.output_dir)
+    allocator = apply_allocator(recipe.cuda, use_cuda=not use_cpu())  # cuda.alloc_conf: before CUDA initialises
     processes_state = PartialState(cpu=use_cpu())
     if not resume and (checkpoints.complete_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists()):
         if not overwrite:  # never mix two runs' checkpoints and logs, nor delete them unasked
@@ -329,9 +345,15 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     set_seed(recipe.train.seed)  # the same initial weights on every process
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
     check_trainable(detector.model, f"model {recipe.model.name}")  # a frozen-everything model could never learn
+    phases = plan(recipe)  # one phase, or the recipe's phases (frozen modules, batch size, lr)
+    if problems := check_freeze_patterns(detector.model, phases):
+        raise RecipeError(problems, "phases")
+    trainable = {name for name, p in detector.model.named_parameters() if p.requires_grad}  # by design
     install_injection(detector.model)  # HFTRAIN_TEST_OOM_ABOVE: tests provoke out-of-memory errors on a CPU
     configure_processor(detector, recipe.data)
     accelerator = make_accelerator(recipe, detector.find_unused_parameters)
+    memory = CudaMemory(recipe.cuda, accelerator.device)
+    memory.limit_memory()  # cuda.memory_fraction: this process's share of its GPU
     set_seed(recipe.train.seed, device_specific=True)  # augmentation differs per process
     log = RunLog(run_dir, accelerator.is_main_process, accelerator)
     if recipe.train.batch_size == "auto":  # probe the largest micro-batch that fits; accumulation makes up the rest
@@ -339,12 +361,14 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         recipe = resolve_auto_batch(recipe, detector, data.train, accelerator,
                                     lambda batch: model_inputs(batch, probe_normalize, detector.uses_pixel_mask), log)
         accelerator.gradient_accumulation_steps = recipe.train.gradient_accumulation_steps
+        phases = plan(recipe)  # the one phase takes the probed micro-batch and accumulation
     if accelerator.is_main_process:
         save_recipe(recipe, run_dir / "recipe.yaml")
     if accelerator.log_with:
         accelerator.init_trackers("hftrain")
 
-    per_device = recipe.train.batch_size
+    per_device = phases[0].batch_size
+    accelerator.gradient_accumulation_steps = phases[0].accumulation
     train_loader = make_train_loader(data, per_device, recipe, detector)
     val_loader = make_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, shuffle=False,
                              normalize_by_canvas=not detector.uses_pixel_mask, seed=recipe.train.seed,
@@ -352,9 +376,10 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     model = detector.model
     optimizer = build_optimizer(model, detector.backbone_prefixes, recipe.optim)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    accum = recipe.train.gradient_accumulation_steps
+    accum = phases[0].accumulation
     steps_per_epoch = math.ceil(len(train_loader) / accum)
-    total_steps = steps_per_epoch * recipe.train.epochs
+    total_steps = sum(phase_steps(phase, len(train_loader), per_device, data, recipe, detector, accelerator.num_processes)
+                      * (phase.last_epoch - phase.first_epoch + 1) for phase in phases)
     scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, total_steps, steps_per_epoch)
     health = Health(
         batching=MicroBatching(train_loader, per_device, accum,
@@ -362,6 +387,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
                                accelerator, recipe, log),
         guard=NonFiniteGuard(recipe.guard, run_dir, log, count_gradients=accelerator.mixed_precision != "fp16"),
         stats=LossStats(recipe.log.loss_window),
+        memory=memory,
     )
     health.guard.remember_schedule(scheduler)
     health.guard.protect_loss(accelerator.unwrap_model(model))  # NaN predictions reach the guard, not a crash in the matcher
@@ -374,10 +400,18 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
 
     state = LoopState(epoch_batches=len(train_loader))
+    if recipe.ema.enabled:  # ema: an averaged copy of the weights, on the device, updated after each optimizer step
+        state.ema = ModelEma(model, recipe.ema.decay, recipe.ema.warmup_updates, accelerator)
+    export = state.ema.as_detector(detector) if state.ema else detector  # ema: best/ and model/ save the average
     start_epoch = 1
     if resume:
         source = checkpoints.resolve_resume(run_dir, resume)
-        saved = checkpoints.load_checkpoint(accelerator, source, scheduler)
+        saved = checkpoints.load_checkpoint(accelerator, source, scheduler, state.ema)
+        has_ema = (source / checkpoints.EMA_FILE).is_file()
+        if state.ema and not has_ema:
+            log.print(f"{source} holds no EMA (saved with ema.enabled false): the average starts from its weights")
+        elif has_ema and not state.ema:
+            log.print(f"{source} holds an EMA of the weights; it is not used (ema.enabled false)")
         state.step, state.save_count, state.best = saved["step"], saved["save_count"], saved["best"]
         start_epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
         state.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]
@@ -397,8 +431,11 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         ("workers", f"{recipe.data.num_workers} (torch threads per process: {torch.get_num_threads()})"),
         ("image size", f"min={recipe.data.min_size}, max={recipe.data.max_size}"),
         ("grad accumulation", f"{accum} steps"),
+        *([("phases", "; ".join(phase.describe() for phase in phases))] if recipe.phases else []),
         ("effective batch", f"{per_device * accum * processes} (= {per_device} x {accum} x {processes})"),
         ("clipping", f"clip_max_norm={recipe.train.clip_max_norm}" if recipe.train.clip_max_norm else "off"),
+        ("ema", state.ema.describe() if state.ema else "off"),
+        ("cuda memory", memory.describe(allocator)),
         ("precision", f"{accelerator.mixed_precision} (recipe: {recipe.precision.mode}); criterion "
                       f"{'fp32' if recipe.precision.fp32_criterion else 'autocast'}"),
         ("schedule", f"{recipe.schedule.name}, lr {recipe.optim.lr:g}, warmup {recipe.schedule.warmup_steps} steps, "
@@ -419,8 +456,13 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         save_checkpoint(accelerator, recipe, scheduler, state, epoch_complete=True)
         state.batches_done = 0
     epoch = start_epoch
+    phase, wrapped_trainable = None, trainable  # DDP registered the parameters trainable when it wrapped the model
     while epoch <= epochs:
         state.epoch = epoch
+        if phase is not phase_at(phases, epoch):  # phases: freeze, batch size and lr change here (or on a resume)
+            phase = phase_at(phases, epoch)
+            model, wrapped_trainable = enter_phase(phase, model, wrapped_trainable, trainable, accelerator, optimizer,
+                                                   scheduler, health, recipe, log, state)
         train_loader = health.batching.loader  # out-of-memory recovery may have rebuilt it with a smaller micro-batch
         train_loader.set_epoch(epoch)
         state.epoch_batches = len(train_loader)  # repeat-factor epochs may differ in length
@@ -438,15 +480,18 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
             return stop.exit_code if exit_code else metrics
         state.batches_done = 0
         last = epoch == epochs or ended == "max_steps"
-        if epoch % recipe.eval.interval == 0 or last:
-            metrics = evaluate(model, val_loader, accelerator, detector, normalize, evaluator,
-                               recipe.eval.max_detections, voc_evaluator)
+        if (recipe.eval.during_training and epoch % recipe.eval.interval == 0) or last:
+            metrics = evaluate(state.ema.module if state.ema else model,  # ema: the averaged weights are evaluated
+                               val_loader, accelerator, detector, normalize, evaluator, recipe.eval.max_detections,
+                               voc_evaluator)
             log.record("eval", {"epoch": epoch, **metrics}, state.step)
             log.metrics_table(f"epoch {epoch} validation", metrics)
+            log.print(f"epoch {epoch} {recipe.checkpoint.best_metric} (headline): "
+                      f"{metrics.get(recipe.checkpoint.best_metric, float('nan')):.4f}")
             pictures.after_eval(epoch, state.step, evaluator)  # results.csv, plots/, prediction grid (background)
             if recipe.eval.voc:
                 log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
-            state.best = update_best(state.best, metrics, recipe, detector, accelerator, run_dir, epoch, log)
+            state.best = update_best(state.best, metrics, recipe, export, accelerator, run_dir, epoch, log)
         every = recipe.checkpoint.every_steps
         if epoch % recipe.checkpoint.interval == 0 or last or (every and state.step % every == 0):
             state.batches_done = state.epoch_batches
@@ -460,11 +505,47 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         log.print(health.guard.summary())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        checkpoints.save_pretrained_dir(detector, run_dir / "model", {"epoch": state.epoch, "metrics": metrics})
+        checkpoints.save_pretrained_dir(export, run_dir / "model", {"epoch": state.epoch, "metrics": metrics})
         log.print(f"saved {run_dir / 'model'} (load with AutoModelForObjectDetection.from_pretrained)")
     pictures.close()  # wait for the queued pictures
     accelerator.end_training()
     return 0 if exit_code else metrics
+
+
+def enter_phase(phase: Phase, model, wrapped_trainable: set, trainable: set, accelerator, optimizer, scheduler,
+                health: Health, recipe: Recipe, log: RunLog, state: LoopState):
+    """Apply ``phase``: its frozen parameters, micro-batch and accumulation, peak lr. Under DDP, a model
+    whose trainable set changed is wrapped again (DDP all-reduces only the parameters that were trainable
+    when it wrapped the model). The optimizer keeps its state; frozen parameters get no gradient, so no
+    update. Returns the model to train and the trainable set it was wrapped with."""
+    unwrapped = accelerator.unwrap_model(model)
+    frozen_n, trainable_n = apply_freeze(unwrapped, phase.freeze, trainable)
+    now_trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
+    if accelerator.distributed_type != DistributedType.NO and now_trainable != wrapped_trainable:
+        unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        accelerator._models.remove(unwrapped)  # prepare_model adds it again; save_state must see it once
+        model = accelerator.prepare_model(unwrapped)
+        wrapped_trainable = now_trainable
+    optimizer.zero_grad(set_to_none=True)
+    health.batching.resize(phase.batch_size, phase.accumulation)
+    set_peak_lr(scheduler, phase.lr / recipe.optim.lr)
+    if recipe.phases:
+        log.print(f"entering {phase.describe()}; {frozen_n / 1e6:.2f}M parameters frozen, "
+                  f"{trainable_n / 1e6:.2f}M trainable")
+        log.record("phase", {"epoch": state.epoch, "phase": phase.index, "name": phase.name,
+                             "batch_size": phase.batch_size, "gradient_accumulation_steps": phase.accumulation,
+                             "lr": phase.lr, "freeze": phase.freeze, "frozen_parameters": frozen_n,
+                             "trainable_parameters": trainable_n}, state.step)
+    return model, wrapped_trainable
+
+
+def phase_steps(phase: Phase, prepared_batches: int, prepared_size: int, data, recipe: Recipe, detector,
+                processes: int) -> int:
+    """Optimizer steps in one epoch of ``phase`` on this process (for the learning-rate schedule)."""
+    batches = prepared_batches
+    if phase.batch_size != prepared_size:  # each process gets its share of the phase's batches
+        batches = math.ceil(len(make_train_loader(data, phase.batch_size, recipe, detector)) / processes)
+    return math.ceil(batches / phase.accumulation)
 
 
 def make_train_loader(data, batch_size: int, recipe: Recipe, detector):
@@ -497,9 +578,15 @@ def update_best(best, metrics, recipe, detector, accelerator, run_dir, epoch, lo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hftrain train", description="Train a detector from a recipe.")
     parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-5")
+    parser.add_argument("overrides", nargs="*",
+                        help="dotted key=value overrides, e.g. optim.lr=5e-5, or @FILE.yaml holding such keys (a profile)")
     parser.add_argument("--debug", action="store_true",
                         help="debug mode (the recipe's debug: true): batch class mix, gradient and update checks, NaN hooks")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the recipe's path with a tiny random model of its family on a few generated images "
+                             "in its data format: two optimizer steps, evaluation, checkpoints (hftrain.dry_run)")
+    parser.add_argument("--print", action="store_true", dest="print_recipe",
+                        help="print the resolved recipe (base, overrides, defaults) and exit")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an earlier run in output_dir and start afresh")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
@@ -513,13 +600,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    overrides = args.overrides + (["debug=true"] if args.debug else [])
+    if args.print_recipe or args.dry_run:
+        from hftrain import dry_run
+
+        try:
+            if args.print_recipe:
+                return dry_run.print_recipe(args.recipe, overrides)
+            dry_run.dry_run(args.recipe, overrides)
+            return 0
+        except RecipeError as err:
+            print(err, file=sys.stderr)
+            return 2
     try:
-        recipe = load_recipe(args.recipe, args.overrides + (["debug=true"] if args.debug else []))
+        recipe = load_recipe(args.recipe, overrides)
     except RecipeError as err:
         print(err, file=sys.stderr)
         return 2
     try:
         return train(recipe, resume=args.resume, exit_code=True, overwrite=args.overwrite)
+    except RecipeError as err:  # problems found once the model exists (phases' freeze patterns)
+        print(err, file=sys.stderr)
+        return 2
     except RunDirInUse as err:
         print(f"hftrain train: {err}", file=sys.stderr)
         return 2

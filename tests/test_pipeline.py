@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers.models.deformable_detr.image_processing_pil_deformable_detr import DeformableDetrImageProcessorPil
 
 from fixtures_path import fixtures_dir
-from hftrain.data.collate import Collate
+from hftrain.data.collate import Collate, unpack_labels
 from hftrain.data.decode import decode_for_size, decode_image
 from hftrain.data.transforms import Resize, prepare_image
 from hftrain.models.detr_family import IMAGENET_MEAN, IMAGENET_STD
@@ -71,12 +74,54 @@ def test_collate_pads_masks_and_normalises_boxes(by_canvas):
     assert batch["pixel_mask"][1, :, :30].all() and not batch["pixel_mask"][1, :, 30:].any()
     ref_a = (50, 60) if by_canvas else (40, 60)
     expected = [(6 + 6) / ref_a[1], (4 + 4) / ref_a[0], 12 / ref_a[1], 8 / ref_a[0]]
-    assert batch["labels"][0]["boxes"][0].tolist() == pytest.approx(expected)
+    assert unpack_labels(batch)[0]["boxes"][0].tolist() == pytest.approx(expected)
     # normalised coordinates times target_sizes land back in original pixels
     xyxy_norm = torch.tensor([(6) / ref_a[1], 4 / ref_a[0], 18 / ref_a[1], 12 / ref_a[0]])
     h, w = batch["target_sizes"][0].tolist()
     back = (xyxy_norm * torch.tensor([w, h, w, h])).tolist()
     assert back == pytest.approx([12, 8, 36, 24])  # original image is 2x the resized one
+
+
+def test_labels_travel_as_one_tensor_and_unpack_to_per_image_views():
+    """One packed label tensor per batch whatever the number of images (a worker sends each tensor
+    through its own file descriptor); unpack_labels gives each image its int64 classes and normalised
+    cxcywh boxes back, views of the packed tensor, also after a real dataloader worker sent the batch."""
+    a = sample(40, 60, [[6, 4, 12, 8], [0, 0, 60, 40]], [3, 70000], 11, (40, 60))
+    empty = sample(20, 20, [], [], 12, (20, 20))  # an image without boxes
+    b = sample(50, 30, [[3, 5, 6, 10]], [1], 13, (50, 30))
+    collate = Collate(normalize_by_canvas=False)
+    batch = collate([a, empty, b])
+    tensors = sorted(k for k, v in batch.items() if torch.is_tensor(v))
+    assert tensors == ["image_ids", "labels_packed", "orig_sizes", "pixel_mask", "pixel_values", "target_sizes"]
+    labels = unpack_labels(batch)
+    assert [sorted(t) for t in labels] == [["boxes", "class_labels"]] * 3
+    assert [t["class_labels"].dtype for t in labels] == [torch.long] * 3
+    assert [t["class_labels"].tolist() for t in labels] == [[3, 70000], [], [1]]
+    assert torch.allclose(labels[0]["boxes"], torch.tensor([[12 / 60, 8 / 40, 12 / 60, 8 / 40], [0.5, 0.5, 1.0, 1.0]]))
+    assert labels[1]["boxes"].shape == (0, 4)
+    assert labels[2]["boxes"][0].tolist() == pytest.approx([6 / 30, 10 / 50, 6 / 30, 10 / 50])
+    assert labels[2]["boxes"].is_contiguous()
+    assert labels[2]["boxes"].untyped_storage().data_ptr() == batch["labels_packed"].untyped_storage().data_ptr()
+    (sent,) = DataLoader([a, empty, b], batch_size=3, num_workers=1, collate_fn=collate)
+    for got, want in zip(unpack_labels(sent), labels, strict=True):
+        assert torch.equal(got["class_labels"], want["class_labels"]) and torch.equal(got["boxes"], want["boxes"])
+
+
+def test_batches_held_from_workers_hold_no_file_descriptors(shapes_dir):
+    """The workers share batches by shared-memory name, not one file descriptor per tensor (which costs
+    the training process a socket handshake per tensor and keeps a descriptor open per held tensor)."""
+    from hftrain.data.loader import DetectionDataset, make_loader
+    from hftrain.data.sources import load_split
+    from hftrain.recipe import DataConfig
+
+    split = load_split("coco", str(shapes_dir / "train"), str(shapes_dir / "train.json"))
+    loader = make_loader(DetectionDataset(split, Resize(64, 64)), 2, DataConfig(num_workers=1), shuffle=False,
+                         normalize_by_canvas=False, seed=0)
+    assert len(list(loader)) == 12  # a first pass starts the (persistent) worker and its pipes
+    before = len(os.listdir("/proc/self/fd"))
+    held = list(loader)  # 12 batches of 6 tensors
+    assert sum(torch.is_tensor(v) for batch in held for v in batch.values()) == 72
+    assert len(os.listdir("/proc/self/fd")) - before < 6
 
 
 def test_decode_converts_unusual_modes_to_rgb():

@@ -9,8 +9,29 @@ dataloader's ``set_epoch``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.utils.data import Sampler
+
+
+class Draw(NamedTuple):
+    """The first element of a repeat-factor sampler's key (``hftrain.samplers``): the epoch, and which
+    copy of the image within it (an image repeated in one epoch is augmented differently each time).
+    EpochShuffle's keys carry the epoch alone, as an int (copy 0)."""
+
+    epoch: int
+    copy: int
+
+
+def split_key(key) -> tuple[int | None, int, int]:
+    """``(epoch, copy, index)`` of a dataset key: a plain index (epoch None: not known), ``(epoch, index)``
+    from EpochShuffle, or ``(Draw(epoch, copy), index)`` from the repeat-factor sampler."""
+    if not isinstance(key, tuple):
+        return None, 0, key
+    draw, index = key
+    epoch, copy = draw if isinstance(draw, tuple) else (draw, 0)
+    return epoch, copy, index
 
 
 class EpochShuffle(Sampler):

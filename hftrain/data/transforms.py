@@ -62,13 +62,20 @@ def prepare_image(
         # uint8 in, uint8 out (rounded); channels-last input takes torch's vectorised path
         pixels = F.interpolate(pixels[None], size=(out_h, out_w), mode="bilinear", antialias=True,
                                align_corners=False)[0]
-    boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
-    boxes[:, [0, 2]] *= out_w / ann_w
-    boxes[:, [1, 3]] *= out_h / ann_h
-    boxes = torch.from_numpy(boxes)
+    boxes = resize_boxes(boxes_xywh, (ann_h, ann_w), (out_h, out_w))
     if hflip > 0 and (rng or random).random() < hflip:
         pixels, boxes = flip_horizontal(pixels, boxes)
     return pixels, boxes
+
+
+def resize_boxes(boxes_xywh: np.ndarray, annotated_size: tuple[int, int],
+                 output_size: tuple[int, int]) -> torch.Tensor:
+    """Absolute xywh boxes of the annotated frame (height, width) scaled to the output frame."""
+    (ann_h, ann_w), (out_h, out_w) = annotated_size, output_size
+    boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] *= out_w / ann_w
+    boxes[:, [1, 3]] *= out_h / ann_h
+    return torch.from_numpy(boxes)
 
 
 def flip_horizontal(pixels: torch.Tensor, boxes_xywh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

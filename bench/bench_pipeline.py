@@ -118,7 +118,7 @@ def images_per_second(loader, normalize=None) -> tuple[float, int]:
         if start is None:
             start = time.perf_counter()
             continue
-        images += len(batch["labels"])
+        images += len(batch["pixel_values"])
     return images / (time.perf_counter() - start), images
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 
@@ -131,3 +132,43 @@ def test_predictions_to_coco_converts_every_box_and_refuses_mismatched_lengths()
     assert predictions_to_coco([]) == []
     with pytest.raises(ValueError, match="as many boxes as scores"):
         predictions_to_coco([{"image_id": 1, "boxes": [[0, 0, 1, 1]], "scores": [0.1, 0.2], "labels": [0, 0]}])
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_detections_index_holds_what_loadres_builds(backend):
+    """Our one-pass detections object carries, for every box, the fields and values loadRes gives it."""
+    from hftrain.coco_eval import detections_index, predictions_to_coco
+
+    dataset, _ = read_coco(fixtures_dir() / "coco", fixtures_dir() / "coco" / "test_coco.json")
+    evaluator = CocoEvaluator(dataset, ["person"], backend=backend)
+    coco_cls, _ = evaluator._classes()
+    gt = coco_cls()
+    gt.dataset = evaluator.gt_dict
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        gt_json = json.loads((fixtures_dir() / "coco" / "test_coco.json").read_text())
+        predictions = to_our_predictions(noisy_predictions(gt_json, seed=1), {1: 0})
+        ours = detections_index(coco_cls, gt, predictions)
+        reference = gt.loadRes(predictions_to_coco(predictions))
+    assert len(ours.anns) == len(reference.anns) > 20
+    fields = ("image_id", "category_id", "bbox", "score", "area", "id", "iscrowd")
+    for ann_id, ref in reference.anns.items():
+        assert {k: ours.anns[ann_id][k] for k in fields} == {k: ref[k] for k in fields}
+    assert sorted(ours.imgs) == sorted(reference.imgs) and sorted(ours.cats) == sorted(reference.cats)
+
+
+def test_repeated_evaluations_and_unknown_images():
+    """The ground truth is indexed once per evaluator: evaluating other predictions in between changes
+    nothing; predictions for an image outside the ground truth are refused with the id named."""
+    dataset, _ = read_coco(fixtures_dir() / "coco", fixtures_dir() / "coco" / "test_coco.json")
+    gt_json = json.loads((fixtures_dir() / "coco" / "test_coco.json").read_text())
+    first = to_our_predictions(noisy_predictions(gt_json, seed=2), {1: 0})
+    second = to_our_predictions(noisy_predictions(gt_json, seed=3), {1: 0})
+    evaluator = CocoEvaluator(dataset, ["person"], backend="faster_coco_eval")
+    a, b, again = evaluator.evaluate(first), evaluator.evaluate(second), evaluator.evaluate(first)
+    assert a == again and b == CocoEvaluator(dataset, ["person"], backend="faster_coco_eval").evaluate(second)
+    assert a["map"] != b["map"]
+    stray = {"image_id": 987654321, "boxes": [[0, 0, 10, 10]], "scores": [0.5], "labels": [0]}
+    with pytest.raises(ValueError, match="not in the evaluated ground truth, e.g. 987654321"):
+        evaluator.evaluate(first + [stray])
+    assert gc.isenabled()  # the garbage collector, paused during an evaluation, is back on after a failed one

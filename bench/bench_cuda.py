@@ -6,13 +6,16 @@ Deformable DETR (ResNet-50 backbone, random init, 300 queries) at 800x1333 (gene
 JPEGs resized to 1333x750), bf16, per-device batch 8, on one CUDA device:
 
 - ours: ``hftrain.train.train`` with a recipe (uint8 pipeline, normalisation on the device,
-  pinned memory, non-blocking copies, persistent workers); images/s and the t_load share are read
-  from its metrics.jsonl ``train`` windows (after the first), peak memory from
-  ``torch.cuda.max_memory_allocated``;
+  pinned memory, non-blocking copies, persistent workers); images/s from the wall clock between
+  its metrics.jsonl ``step`` records (after 3 warm-up steps), the t_load share from its ``train``
+  windows (after the first), peak memory from ``torch.cuda.max_memory_allocated``;
 - baseline: a plain Accelerate loop in the style of the Hugging Face example
   (``run_object_detection_no_trainer.py``): the image processor inside the dataset (PIL backend,
   float normalisation and padding on the CPU), a stacking collate, the same workers,
-  ``accelerator.backward``, ``optimizer.step``.
+  ``accelerator.backward``, ``optimizer.step``; images/s and t_load over the steps after 3 warm-up steps.
+
+Each side runs in a fresh process (this script with ``--side``), so that nothing one leaves behind
+(threads, caches, allocations, the peak-memory reading) touches the other.
 
 Without a CUDA device it prints ``no CUDA device: skipped`` and exits 0.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +49,9 @@ def baseline_loop(folder: Path, labels: Path, class_names: list[str], steps: int
     from bench_pipeline import HFExampleDataset, hf_collate
 
     accelerator = Accelerator(mixed_precision="bf16")
-    config = DeformableDetrConfig(use_timm_backbone=False, num_labels=len(class_names),
+    # the label file's category ids run 1..len(class_names) and the processor passes them through as
+    # class indices: the head needs index len(class_names) (index 0 stays unused)
+    config = DeformableDetrConfig(use_timm_backbone=False, num_labels=len(class_names) + 1,
                                   backbone_config={"model_type": "resnet", **R50["backbone_config"]},
                                   use_pretrained_backbone=False)
     model = DeformableDetrForObjectDetection(config)
@@ -77,7 +83,7 @@ def baseline_loop(folder: Path, labels: Path, class_names: list[str], steps: int
             if done >= steps:
                 break
     return {"images_per_s": images / t_total, "t_load_share": t_load / t_total,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "device": torch.cuda.get_device_name(0)}
 
 
 def our_loop(folder: Path, labels: Path, tmp: Path, steps: int, batch_size: int, workers: int, images: int) -> dict:
@@ -104,24 +110,32 @@ def our_loop(folder: Path, labels: Path, tmp: Path, steps: int, batch_size: int,
     peak = torch.cuda.max_memory_allocated() / 2**30
     records = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in records if r["type"] == "train"][1:]
+    if not windows:
+        raise SystemExit(f"--steps {steps}: ours logs every 5 steps and the first window is warm-up; use --steps >= 10")
     # each window holds per-step means (seconds) of the wait for data and of the rest of the step
-    t_load = sum(w["t_load"] for w in windows) / max(len(windows), 1)
-    t_total = sum(w["t_load"] + w["t_step"] for w in windows) / max(len(windows), 1)
-    return {"images_per_s": batch_size / max(t_total, 1e-9), "t_load_share": t_load / max(t_total, 1e-9),
-            "peak_gb": peak}
+    t_load = sum(w["t_load"] for w in windows) / len(windows)
+    t_total = sum(w["t_load"] + w["t_step"] for w in windows) / len(windows)
+    # images/s as the baseline measures it: wall clock between optimizer steps (the step records), after 3 warm-up steps
+    times = [r["time"] for r in records if r["type"] == "step"][3:]
+    per_step = (times[-1] - times[0]) / (len(times) - 1)
+    return {"images_per_s": batch_size / per_step, "t_load_share": t_load / t_total, "peak_gb": peak,
+            "device": torch.cuda.get_device_name(0)}
 
 
 def run(steps: int, images: int, batch_size: int, workers: int) -> tuple[list[dict], list[str]]:
     from bench_pipeline import write_jpegs
 
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        labels = write_jpegs(tmp / "images", images)
-        class_names = [f"class{c}" for c in range(1, 11)]
-        ours = our_loop(tmp / "images", labels, tmp, steps, batch_size, workers, images)
-        base = baseline_loop(tmp / "images", labels, class_names, steps, batch_size, workers)
-    device = torch.cuda.get_device_name(0)
-    what = f"Deformable DETR R50, 800x1333, bf16, batch {batch_size}, {workers} workers, {device}"
+        write_jpegs(Path(tmp) / "images", images)
+        for side in ("ours", "baseline"):  # each in a fresh process: no threads, caches or peak memory shared
+            out = Path(tmp) / f"{side}.json"
+            subprocess.run([sys.executable, __file__, "--side", side, "--data", tmp, "--steps", str(steps),
+                            "--images", str(images), "--batch-size", str(batch_size), "--workers", str(workers),
+                            "--json", str(out)], check=True)
+            results[side] = json.loads(out.read_text())
+    ours, base = results["ours"], results["baseline"]
+    what = f"Deformable DETR R50, 800x1333, bf16, batch {batch_size}, {workers} workers, {ours['device']}"
     rows = [
         row("5 CUDA training", f"{what}: images/s", ours["images_per_s"], base["images_per_s"], "img/s",
             higher_is_better=True, target="higher than baseline", target_ratio=1.0),
@@ -132,6 +146,14 @@ def run(steps: int, images: int, batch_size: int, workers: int) -> tuple[list[di
     return rows, [f"cuda: ours {ours}, baseline {base}"]
 
 
+def run_side(side: str, data: Path, steps: int, images: int, batch_size: int, workers: int) -> dict:
+    """One side of the comparison (in its own process, started by :func:`run`)."""
+    labels = data / "images" / "labels.json"
+    if side == "ours":
+        return our_loop(data / "images", labels, data, steps, batch_size, workers, images)
+    return baseline_loop(data / "images", labels, [f"class{c}" for c in range(1, 11)], steps, batch_size, workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -139,7 +161,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--json", help="write the rows here (for bench/run_all.py)")
+    parser.add_argument("--side", choices=["ours", "baseline"], help=argparse.SUPPRESS)  # run() starts each side
+    parser.add_argument("--data", help=argparse.SUPPRESS)  # the generated images, for --side
     args = parser.parse_args()
+    if args.side:
+        result = run_side(args.side, Path(args.data), args.steps, args.images, args.batch_size, args.workers)
+        Path(args.json).write_text(json.dumps(result))
+        return
     if not torch.cuda.is_available():
         print("no CUDA device: skipped")
         emit([], args.json, ["5 CUDA training: no CUDA device: skipped"])

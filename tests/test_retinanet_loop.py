@@ -12,17 +12,11 @@ from accelerate.state import AcceleratorState
 
 from conftest import PYTHON, REPO, write_recipe
 from hftrain.checkpoints import complete_checkpoints
+from hftrain.models.tiny import tiny_config
 from hftrain.recipe import load_recipe
 from hftrain.train import train
 
-TINY_RETINANET = {
-    "depths": [1, 1, 1, 1],
-    "hidden_sizes": [16, 32, 64, 64],
-    "embedding_size": 16,
-    "layer_type": "basic",
-    "fpn_channels": 32,
-    "num_head_convs": 1,
-}
+TINY_RETINANET = tiny_config("retinanet")
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,7 @@ def retinanet_recipe(shapes_dir, run_dir, norm: str) -> dict:
         "train": {"epochs": 3, "batch_size": 4, "clip_max_norm": None},
         "eval": {"voc": True, "interval": 3},
         "log": {"interval": 1, "tensorboard": False},
+        "plots": {"enabled": False},  # pictures are tested in test_pictures.py; here they only cost time
     }
 
 

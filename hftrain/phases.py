@@ -14,7 +14,10 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from accelerate.utils import DistributedType
 from torch import nn
+
+from hftrain.optim import set_peak_lr
 
 
 @dataclass
@@ -105,3 +108,30 @@ def frozen_norms_to_eval(model: nn.Module) -> int:
                 module.eval()
                 count += 1
     return count
+
+
+def enter_phase(phase: Phase, model, wrapped_trainable: set, trainable: set, accelerator, optimizer, scheduler,
+                health, recipe, log, state):
+    """Apply ``phase``: its frozen parameters, micro-batch and accumulation, peak lr. Under DDP, a model
+    whose trainable set changed is wrapped again (DDP all-reduces only the parameters that were trainable
+    when it wrapped the model). The optimizer keeps its state; frozen parameters get no gradient, so no
+    update. Returns the model to train and the trainable set it was wrapped with."""
+    unwrapped = accelerator.unwrap_model(model)
+    frozen_n, trainable_n = apply_freeze(unwrapped, phase.freeze, trainable)
+    now_trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
+    if accelerator.distributed_type != DistributedType.NO and now_trainable != wrapped_trainable:
+        unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        accelerator._models.remove(unwrapped)  # prepare_model adds it again; save_state must see it once
+        model = accelerator.prepare_model(unwrapped)
+        wrapped_trainable = now_trainable
+    optimizer.zero_grad(set_to_none=True)
+    health.batching.resize(phase.batch_size, phase.accumulation)
+    set_peak_lr(scheduler, phase.lr / recipe.optim.lr)
+    if recipe.phases:
+        log.print(f"entering {phase.describe()}; {frozen_n / 1e6:.2f}M parameters frozen, "
+                  f"{trainable_n / 1e6:.2f}M trainable")
+        log.record("phase", {"epoch": state.epoch, "phase": phase.index, "name": phase.name,
+                             "batch_size": phase.batch_size, "gradient_accumulation_steps": phase.accumulation,
+                             "lr": phase.lr, "freeze": phase.freeze, "frozen_parameters": frozen_n,
+                             "trainable_parameters": trainable_n}, state.step)
+    return model, wrapped_trainable

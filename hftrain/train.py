@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 
 from transformers.utils import logging as hf_logging
 
@@ -35,8 +35,8 @@ from hftrain.ema import ModelEma
 from hftrain.guard import NonFiniteGuard
 from hftrain.loss_stats import LossStats
 from hftrain.oom import MicroBatching, install_injection, resolve_auto_batch
-from hftrain.optim import build_optimizer, build_scheduler, set_peak_lr
-from hftrain.phases import Phase, apply_freeze, check_freeze_patterns, frozen_norms_to_eval, phase_at, plan
+from hftrain.optim import build_optimizer, build_scheduler
+from hftrain.phases import Phase, check_freeze_patterns, enter_phase, frozen_norms_to_eval, phase_at, plan
 from hftrain.preemption import StopSignal
 from hftrain.pictures import RunPictures
 from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
@@ -348,7 +348,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     phases = plan(recipe)  # one phase, or the recipe's phases (frozen modules, batch size, lr)
     if problems := check_freeze_patterns(detector.model, phases):
         raise RecipeError(problems, "phases")
-    trainable = {name for name, p in detector.model.named_parameters() if p.requires_grad}  # by design
+    trainable_by_design = {name for name, p in detector.model.named_parameters() if p.requires_grad}
     install_injection(detector.model)  # HFTRAIN_TEST_OOM_ABOVE: tests provoke out-of-memory errors on a CPU
     configure_processor(detector, recipe.data)
     accelerator = make_accelerator(recipe, detector.find_unused_parameters)
@@ -456,12 +456,12 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         save_checkpoint(accelerator, recipe, scheduler, state, epoch_complete=True)
         state.batches_done = 0
     epoch = start_epoch
-    phase, wrapped_trainable = None, trainable  # DDP registered the parameters trainable when it wrapped the model
+    phase, wrapped_trainable = None, trainable_by_design  # DDP registered the parameters trainable when it wrapped the model
     while epoch <= epochs:
         state.epoch = epoch
         if phase is not phase_at(phases, epoch):  # phases: freeze, batch size and lr change here (or on a resume)
             phase = phase_at(phases, epoch)
-            model, wrapped_trainable = enter_phase(phase, model, wrapped_trainable, trainable, accelerator, optimizer,
+            model, wrapped_trainable = enter_phase(phase, model, wrapped_trainable, trainable_by_design, accelerator, optimizer,
                                                    scheduler, health, recipe, log, state)
         train_loader = health.batching.loader  # out-of-memory recovery may have rebuilt it with a smaller micro-batch
         train_loader.set_epoch(epoch)
@@ -510,33 +510,6 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     pictures.close()  # wait for the queued pictures
     accelerator.end_training()
     return 0 if exit_code else metrics
-
-
-def enter_phase(phase: Phase, model, wrapped_trainable: set, trainable: set, accelerator, optimizer, scheduler,
-                health: Health, recipe: Recipe, log: RunLog, state: LoopState):
-    """Apply ``phase``: its frozen parameters, micro-batch and accumulation, peak lr. Under DDP, a model
-    whose trainable set changed is wrapped again (DDP all-reduces only the parameters that were trainable
-    when it wrapped the model). The optimizer keeps its state; frozen parameters get no gradient, so no
-    update. Returns the model to train and the trainable set it was wrapped with."""
-    unwrapped = accelerator.unwrap_model(model)
-    frozen_n, trainable_n = apply_freeze(unwrapped, phase.freeze, trainable)
-    now_trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
-    if accelerator.distributed_type != DistributedType.NO and now_trainable != wrapped_trainable:
-        unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        accelerator._models.remove(unwrapped)  # prepare_model adds it again; save_state must see it once
-        model = accelerator.prepare_model(unwrapped)
-        wrapped_trainable = now_trainable
-    optimizer.zero_grad(set_to_none=True)
-    health.batching.resize(phase.batch_size, phase.accumulation)
-    set_peak_lr(scheduler, phase.lr / recipe.optim.lr)
-    if recipe.phases:
-        log.print(f"entering {phase.describe()}; {frozen_n / 1e6:.2f}M parameters frozen, "
-                  f"{trainable_n / 1e6:.2f}M trainable")
-        log.record("phase", {"epoch": state.epoch, "phase": phase.index, "name": phase.name,
-                             "batch_size": phase.batch_size, "gradient_accumulation_steps": phase.accumulation,
-                             "lr": phase.lr, "freeze": phase.freeze, "frozen_parameters": frozen_n,
-                             "trainable_parameters": trainable_n}, state.step)
-    return model, wrapped_trainable
 
 
 def phase_steps(phase: Phase, prepared_batches: int, prepared_size: int, data, recipe: Recipe, detector,

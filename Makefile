@@ -8,17 +8,34 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.hftrain-installed
 RUN ?= runs/shapes_demo
+# constraints.txt: every other package at the version the test suite passed with (make lock renews it).
+CONSTRAINTS ?= constraints.txt
+LOCK_VENV := .venv-lock
 
-.PHONY: install short-run eval test bench clean
+.PHONY: install lock short-run eval test bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"  # default: pip install torch==2.13.0, before the package
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
+
+# Re-resolve the newest versions pyproject.toml allows in a scratch environment, run the suite
+# there, and only if it passes write them to constraints.txt (then `make install` picks them up).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev]"
+	$(LOCK_VENV)/bin/python -m pytest -q
+	{ echo "# Versions the test suite passed with (make install installs with -c constraints.txt)."; \
+	  echo "# torch is pinned on its own in the Makefile (TORCH). Regenerate with 'make lock'."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)'; } > $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 short-run: install
 	$(BIN)/accelerate launch --num_processes 1 hftrain/train.py recipes/shapes_demo.yaml --overwrite
@@ -34,4 +51,4 @@ bench: install
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf runs data/shapes
+	rm -rf runs data/shapes $(LOCK_VENV)

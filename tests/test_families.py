@@ -11,6 +11,7 @@ import os
 import subprocess
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -155,6 +156,13 @@ def _processor_reference(name, detector, outputs, sizes):
     return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes, use_focal_loss=True)
 
 
+def _canonical(scores, labels, boxes):
+    """Detections sorted by score (best first), ties broken by label, then x1, y1, x2, y2."""
+    keys = [boxes[:, i].numpy() for i in (3, 2, 1, 0)] + [labels.numpy(), -scores.numpy()]
+    order = torch.from_numpy(np.lexsort(keys))
+    return scores[order], labels[order], boxes[order]
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_postprocess_gives_absolute_xyxy_boxes_like_the_familys_processor(name):
     torch.manual_seed(0)
@@ -170,12 +178,15 @@ def test_postprocess_gives_absolute_xyxy_boxes_like_the_familys_processor(name):
         # DETR: one detection per query; focal families: every (query, class) pair, at most 100
         assert len(result["scores"]) == min(100, queries if name == "detr" else queries * classes)
         assert torch.all(result["scores"][:-1] >= result["scores"][1:])  # best first
-        # transformers keeps all queries unsorted (DETR) or only num_queries pairs (RT-DETR family)
-        order = expected["scores"].argsort(descending=True)
-        n = len(order)
-        torch.testing.assert_close(result["scores"][:n], expected["scores"][order])
-        assert torch.equal(result["labels"][:n], expected["labels"][order])
-        torch.testing.assert_close(result["boxes"][:n], expected["boxes"][order].float())
+        # transformers keeps all queries unsorted (DETR) or only num_queries pairs (RT-DETR family).
+        # Equal scores may come in either order (an untrained model gives several queries the same
+        # score): both sides are put in one canonical order, score first, then label and box.
+        n = len(expected["scores"])
+        ours_sorted = _canonical(result["scores"][:n], result["labels"][:n], result["boxes"][:n])
+        expected_sorted = _canonical(expected["scores"], expected["labels"], expected["boxes"].float())
+        torch.testing.assert_close(ours_sorted[0], expected_sorted[0])
+        assert torch.equal(ours_sorted[1], expected_sorted[1])
+        torch.testing.assert_close(ours_sorted[2], expected_sorted[2])
         centre_x = (result["boxes"][:, 0] + result["boxes"][:, 2]) / 2
         centre_y = (result["boxes"][:, 1] + result["boxes"][:, 3]) / 2
         assert centre_x.max() <= width and centre_y.max() <= height and centre_x.max() > 1  # absolute pixels

@@ -78,7 +78,7 @@ def write_det20(path: Path, frames: int, boxes: int, seed: int = 0) -> int:
 CHILD = """
 import sys, time, resource
 t0 = time.perf_counter()
-from hftrain.data.bdd100k import read_bdd100k
+from hftrain.data.formats.bdd100k import read_bdd100k
 t_import = time.perf_counter()
 dataset, report = read_bdd100k(sys.argv[1], sys.argv[2], check_files=False)
 t_read = time.perf_counter()
@@ -115,7 +115,7 @@ def bench_convert(tmp: Path, frames: int, boxes: int) -> dict:
 
 
 def bench_scan(tmp: Path, count: int) -> dict:
-    from hftrain.blacklist import scan_images
+    from hftrain.data.blacklist import scan_images
 
     folder = tmp / "jpegs"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""Benchmark: COCO box evaluation, ours (``hftrain.coco_eval.CocoEvaluator``) against pycocotools.
+"""Benchmark: COCO box evaluation, ours (``hftrain.metrics.coco_eval.CocoEvaluator``) against pycocotools.
 
 Run: ``.venv/bin/python bench/bench_eval.py [--images 5000] [--detections 100] [--json PATH]``
 
@@ -88,7 +88,7 @@ def pycocotools_direct(gt_dict: dict, results: list[dict]) -> np.ndarray:
 
 
 def run(images: int, detections: int) -> tuple[list[dict], list[str]]:
-    from hftrain.coco_eval import STAT_NAMES, CocoEvaluator, collector_paused, detections_index, ground_truth, \
+    from hftrain.metrics.coco_eval import STAT_NAMES, CocoEvaluator, collector_paused, detections_index, ground_truth, \
         predictions_to_coco
 
     rows, predictions = make_load(images, detections)

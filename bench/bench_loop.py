@@ -75,7 +75,7 @@ def minimal_loop(recipe, warmup: int) -> list[float]:
     from hftrain.data.collate import unpack_labels
     from hftrain.data.loader import load_data, make_loader
     from hftrain.models.registry import build_model
-    from hftrain.train import Normalize
+    from hftrain.models.inputs import Normalize
 
     data = load_data(recipe.data)
     set_seed(recipe.train.seed)

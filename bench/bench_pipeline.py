@@ -134,7 +134,7 @@ def run(images: int, workers: int, batch_size: int) -> tuple[list[dict], list[st
     from hftrain.data.collate import Collate
     from hftrain.data.decode import decode_image
     from hftrain.models.detr_family import IMAGENET_MEAN, IMAGENET_STD
-    from hftrain.train import Normalize
+    from hftrain.models.inputs import Normalize
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from hftrain.recipe import load_recipe
-    from hftrain.throughput import measure_inference
+    from hftrain.tools.throughput import measure_inference
     from hftrain.train import train
 
     with tempfile.TemporaryDirectory(prefix="bench_retinanet_") as tmp:

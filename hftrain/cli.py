@@ -8,13 +8,13 @@ import sys
 
 COMMANDS = {
     "train": ("hftrain.train:main", "train a detector from a recipe"),
-    "eval": ("hftrain.run_eval:eval_main", "evaluate a run's best checkpoint"),
+    "eval": ("hftrain.tools.eval:eval_main", "evaluate a run's best checkpoint"),
     "convert": ("hftrain.data.convert:convert_main", "convert COCO / VOC / BDD100K / FRED labels into a Hugging Face dataset"),
-    "scan": ("hftrain.blacklist:scan_main", "decode every image and write a blacklist of broken ones"),
-    "doctor": ("hftrain.doctor:doctor_main", "one health report of a recipe (data, batch, lr, frozen parameters, precision)"),
-    "check-sampler": ("hftrain.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them"),
-    "sweep": ("hftrain.sweep:sweep_main", "train a grid of batch sizes x norms and tabulate the results"),
-    "report": ("hftrain.report:report_main", "plots and a markdown summary of one run, or several overlaid"),
+    "scan": ("hftrain.data.blacklist:scan_main", "decode every image and write a blacklist of broken ones"),
+    "doctor": ("hftrain.tools.doctor:doctor_main", "one health report of a recipe (data, batch, lr, frozen parameters, precision)"),
+    "check-sampler": ("hftrain.tools.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them"),
+    "sweep": ("hftrain.tools.sweep:sweep_main", "train a grid of batch sizes x norms and tabulate the results"),
+    "report": ("hftrain.tools.report:report_main", "plots and a markdown summary of one run, or several overlaid"),
 }
 
 

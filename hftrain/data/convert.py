@@ -20,8 +20,8 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from hftrain.data.coco import DatasetError
-from hftrain.data.report import ConversionReport
+from hftrain.data.formats.coco import DatasetError
+from hftrain.data.formats.report import ConversionReport
 from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
 
 FORMATS = ("coco", "voc", "bdd100k", "fred")
@@ -48,20 +48,20 @@ def convert_source(
     if fmt in ("coco", "bdd100k") and sets:
         raise DatasetError(f"{fmt}: sets/--split apply to voc and fred only (got {sets})")
     if fmt == "coco":
-        from hftrain.data.coco import read_coco
+        from hftrain.data.formats.coco import read_coco
 
         dataset, report = read_coco(images, labels, category_map, max_missing, check_files)
     elif fmt == "bdd100k":
-        from hftrain.data.bdd100k import read_bdd100k
+        from hftrain.data.formats.bdd100k import read_bdd100k
 
         dataset, report = read_bdd100k(images, labels, category_map, max_missing, check_files, read_image_sizes)
     elif fmt == "voc":
-        from hftrain.data.voc import read_voc
+        from hftrain.data.formats.voc import read_voc
 
         dataset, report = read_voc(labels or images, sets or ["2007/trainval"], category_map, max_missing, check_files)
         images = Path(labels or images)
     elif fmt == "fred":
-        from hftrain.data.fred import read_fred
+        from hftrain.data.formats.fred import read_fred
 
         dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files)
     else:

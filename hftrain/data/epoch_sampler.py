@@ -16,7 +16,7 @@ from torch.utils.data import Sampler
 
 
 class Draw(NamedTuple):
-    """The first element of a repeat-factor sampler's key (``hftrain.samplers``): the epoch, and which
+    """The first element of a repeat-factor sampler's key (``hftrain.data.samplers``): the epoch, and which
     copy of the image within it (an image repeated in one epoch is augmented differently each time).
     EpochShuffle's keys carry the epoch alone, as an int (copy 0)."""
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
 from hftrain.data.collate import Collate
 from hftrain.data.decode import decode_for_size
+from hftrain.data import samplers
 from hftrain.data.epoch_sampler import EpochShuffle, split_key
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
 from hftrain.data.sources import LoadedSplit, load_split
@@ -201,7 +202,7 @@ def share_by_name(worker_id: int) -> None:
 def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, normalize_by_canvas: bool,
                 seed: int, pad_to_multiple: int = 1, batch_sampler=None) -> DataLoader:
     """``shuffle`` uses :class:`EpochShuffle` (call the loader's ``set_epoch`` every epoch);
-    a ``batch_sampler`` (``hftrain.samplers``: repeat factor, aspect-ratio groups) replaces both."""
+    a ``batch_sampler`` (``hftrain.data.samplers``: repeat factor, aspect-ratio groups) replaces both."""
     workers = data_cfg.num_workers
     # a private generator: creating an iterator (worker base seeds) must not draw from the global
     # torch RNG, whose stream the model uses (RT-DETR's denoising queries) and a resume restores
@@ -224,3 +225,23 @@ def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, n
         generator=generator,
     )
 
+
+
+def make_train_loader(data, batch_size: int, data_cfg, seed: int, needs) -> DataLoader:
+    """The training dataloader: seeded random batches, or the batch sampler of ``data.sampler`` /
+    ``data.group_by_aspect_ratio`` (class-balanced repeat factors, aspect-ratio groups). ``needs``
+    is the detector (anything with ``uses_pixel_mask`` and ``pad_to_multiple``): without a pixel
+    mask, boxes are normalised by the padded canvas the model sees."""
+    batch_sampler = None
+    if data_cfg.sampler != "random" or data_cfg.group_by_aspect_ratio:
+        batch_sampler = samplers.train_batch_sampler(
+            data_cfg, samplers.image_classes(data.train.rows), samplers.image_sizes(data.train.rows),
+            len(data.class_names), batch_size, seed)
+    return make_loader(data.train, batch_size, data_cfg, shuffle=True, normalize_by_canvas=not needs.uses_pixel_mask,
+                       seed=seed, pad_to_multiple=needs.pad_to_multiple, batch_sampler=batch_sampler)
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, data_cfg, seed: int, needs) -> DataLoader:
+    """An evaluation dataloader over ``dataset`` in order (``needs``: as :func:`make_train_loader`)."""
+    return make_loader(dataset, batch_size, data_cfg, shuffle=False, normalize_by_canvas=not needs.uses_pixel_mask,
+                       seed=seed, pad_to_multiple=needs.pad_to_multiple)

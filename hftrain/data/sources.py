@@ -26,7 +26,7 @@ from pathlib import Path
 
 import datasets
 
-from hftrain.data.report import ConversionReport
+from hftrain.data.formats.report import ConversionReport
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hftrain"
@@ -49,7 +49,7 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
     if fmt in ("coco", "bdd100k"):
         return [Path(labels)] if labels else []
     if fmt == "voc":
-        from hftrain.data.voc import read_voc_ids, voc_set_files
+        from hftrain.data.formats.voc import read_voc_ids, voc_set_files
 
         devkit = Path(labels or images)
         files = voc_set_files(devkit, list(sets or ["2007/trainval"]))
@@ -58,7 +58,7 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
             files.extend(devkit / year / "Annotations" / f"{name}.xml" for name in ids)
         return files
     if fmt == "fred":
-        from hftrain.data.fred import fred_label_files
+        from hftrain.data.formats.fred import fred_label_files
 
         splits = Path(labels) if labels else Path(images) / "dataset_splits"
         return fred_label_files(images, splits, sets, modality)
@@ -164,7 +164,7 @@ def _save_atomically(dataset, report, root, fmt, target: Path, sources: dict) ->
 
 def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key, cache_dir, scan_workers,
                       min_side, report):
-    from hftrain.blacklist import apply_blacklist, load_blacklist, scan_images, scan_items
+    from hftrain.data.blacklist import apply_blacklist, load_blacklist, scan_images, scan_items
 
     if blacklist == "auto":
         if key is None:

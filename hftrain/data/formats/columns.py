@@ -1,0 +1,130 @@
+"""Build a dataset in the project's schema column by column, without per-object Python dicts.
+
+Readers append one image at a time (``add_image``) and its objects one at a time
+(``add_object``); the boxes go into flat typed arrays, and ``build`` turns them into Arrow
+arrays (a list-of-struct ``objects`` column from one offsets array). This keeps a 70,000-frame,
+1.3-million-box BDD100K conversion within seconds and a few hundred MB, where a list of
+per-object dicts handed to ``Dataset.from_dict`` costs several times more of both.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from hftrain.data.formats.report import ConversionReport
+from hftrain.data.schema import detection_features
+
+
+class DetectionColumns:
+    """Accumulates rows of the schema; ``extra`` maps extra column names to their features."""
+
+    def __init__(self, class_names: list[str], extra: dict[str, datasets.Value] | None = None):
+        self.class_names = list(class_names)
+        self.extra = dict(extra or {})
+        self.paths: list[str | None] = []
+        self.blobs: list[bytes | None] = []
+        self.image_ids = array("q")
+        self.widths = array("i")
+        self.heights = array("i")
+        self.extra_values: dict[str, list] = {name: [] for name in self.extra}
+        self.offsets = array("q", [0])
+        self.object_ids = array("q")
+        self.boxes = array("f")
+        self.categories = array("q")
+        self.areas = array("f")
+        self.crowd = array("b")
+        self.difficult = array("b")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def add_object(
+        self, object_id: int, box: list[float], category: int, area: float | None = None,
+        iscrowd: int = 0, difficult: int = 0,
+    ) -> None:
+        """Append one object to the image being built (the next ``add_image`` closes it)."""
+        self.object_ids.append(object_id)
+        self.boxes.extend(box)
+        self.categories.append(category)
+        self.areas.append(box[2] * box[3] if area is None else area)
+        self.crowd.append(iscrowd)
+        self.difficult.append(difficult)
+
+    def add_object_counted(
+        self, report: ConversionReport, object_id: int, box: list[float], category: int,
+        area: float | None = None, iscrowd: int = 0, difficult: int = 0,
+    ) -> None:
+        """``add_object`` plus the report's box counts."""
+        self.add_object(object_id, box, category, area, iscrowd, difficult)
+        report.boxes += 1
+        report.boxes_per_class[self.class_names[category]] += 1
+
+    def objects_added(self) -> int:
+        """How many objects all images hold so far (a running id for sources without one)."""
+        return len(self.object_ids)
+
+    def pending_objects(self) -> int:
+        """How many objects were added since the last ``add_image``."""
+        return len(self.object_ids) - self.offsets[-1]
+
+    def add_image(
+        self, path: str | None, image_id: int, width: int, height: int,
+        image_bytes: bytes | None = None, **extra,
+    ) -> None:
+        """Close the current image: the objects added since the previous call belong to it."""
+        self.paths.append(path)
+        self.blobs.append(image_bytes)
+        self.image_ids.append(image_id)
+        self.widths.append(width)
+        self.heights.append(height)
+        for name in self.extra:
+            self.extra_values[name].append(extra.get(name))
+        unknown = set(extra) - set(self.extra)
+        if unknown:
+            raise KeyError(f"extra columns {sorted(unknown)} were not declared (declared: {sorted(self.extra)})")
+        self.offsets.append(len(self.object_ids))
+
+    def build(self) -> datasets.Dataset:
+        """The dataset, with the schema's features and the class names in the ClassLabel."""
+        if self.pending_objects():
+            raise RuntimeError("objects were added after the last add_image")
+        features = detection_features(self.class_names, self.extra)
+        schema = features.arrow_schema
+        count = len(self.object_ids)
+        boxes = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.frombuffer(self.boxes, dtype=np.float32) if count else np.zeros(0, np.float32)), 4
+        )
+        objects_struct = pa.StructArray.from_arrays(
+            [
+                pa.array(np.frombuffer(self.object_ids, dtype=np.int64) if count else [], pa.int64()),
+                boxes,
+                pa.array(np.frombuffer(self.categories, dtype=np.int64) if count else [], pa.int64()),
+                pa.array(np.frombuffer(self.areas, dtype=np.float32) if count else [], pa.float32()),
+                pa.array(np.frombuffer(self.crowd, dtype=np.int8) if count else [], pa.int8()),
+                pa.array(np.frombuffer(self.difficult, dtype=np.int8) if count else [], pa.int8()),
+            ],
+            fields=list(schema.field("objects").type.value_type),
+        )
+        objects = pa.ListArray.from_arrays(
+            pa.array(np.frombuffer(self.offsets, dtype=np.int64).astype(np.int32)), objects_struct,
+            type=schema.field("objects").type,
+        )
+        image = pa.StructArray.from_arrays(
+            [pa.array(self.paths, pa.string()), pa.array(self.blobs, pa.binary())],
+            fields=list(schema.field("image").type),
+        )
+        arrays = {
+            "image": image,
+            "image_id": pa.array(np.frombuffer(self.image_ids, dtype=np.int64) if len(self) else [], pa.int64()),
+            "width": pa.array(np.frombuffer(self.widths, dtype=np.int32) if len(self) else [], pa.int32()),
+            "height": pa.array(np.frombuffer(self.heights, dtype=np.int32) if len(self) else [], pa.int32()),
+            "objects": objects,
+        }
+        for name in self.extra:
+            arrays[name] = pa.array(self.extra_values[name], schema.field(name).type)
+        table = pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
+        return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))

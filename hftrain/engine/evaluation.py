@@ -1,0 +1,90 @@
+"""Evaluation during training: COCO metrics (and VOC AP) over the validation loader, gathered from
+every process, and ``best/`` kept at the epoch with the best ``checkpoint.best_metric``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list
+
+from hftrain.engine import checkpoints
+from hftrain.metrics.coco_eval import CocoEvaluator
+from hftrain.metrics.voc_eval import VocEvaluator
+from hftrain.models.inputs import model_inputs
+
+if TYPE_CHECKING:  # annotations only
+    from hftrain.engine.state import Run
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, detector, normalize, max_detections: int) -> list[dict]:
+    """Every image's best ``max_detections`` detections (absolute xyxy boxes clipped to the image),
+    gathered from every process, one entry per image id."""
+    model.eval()
+    predictions = []
+    for batch in loader:
+        outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask))
+        results = detector.postprocess(outputs, batch["target_sizes"])
+        local = []
+        for image_id, orig, result in zip(batch["image_ids"].tolist(), batch["orig_sizes"], results):
+            keep = result["scores"].float().argsort(descending=True)[:max_detections]
+            boxes = result["boxes"][keep].float()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(orig[1]))
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(orig[0]))
+            local.append({
+                "image_id": image_id,
+                "boxes": boxes.cpu().tolist(),
+                "scores": result["scores"][keep].float().cpu().tolist(),
+                "labels": result["labels"][keep].cpu().tolist(),
+            })
+        predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
+    # an image that failed to decode was replaced by another: keep each image's first prediction
+    predictions = list({p["image_id"]: p for p in reversed(predictions)}.values())[::-1]
+    model.train()
+    return predictions
+
+
+def score(predictions: list[dict], accelerator, evaluator: CocoEvaluator | None,
+          voc_evaluator: VocEvaluator | None = None) -> dict:
+    """COCO metrics (and VOC AP with a ``voc_evaluator``), computed on the main process, given to all."""
+    metrics = [evaluator.evaluate(predictions) if accelerator.is_main_process else None]
+    if voc_evaluator is not None and accelerator.is_main_process:  # eval.voc: VOC07 11-point and all-point AP@0.5
+        metrics[0].update(voc_evaluator.evaluate(predictions))
+    broadcast_object_list(metrics, from_process=0)
+    return metrics[0]
+
+
+def update_best(run, metrics: dict, export, epoch: int) -> None:
+    """Keep ``best/`` (the weights of ``export``) at the epoch with the best ``checkpoint.best_metric``."""
+    key, best = run.recipe.checkpoint.best_metric, run.state.best
+    if key not in metrics:
+        raise KeyError(f"checkpoint.best_metric: {key!r} is not an evaluation metric ({sorted(metrics)})")
+    value = metrics[key]
+    better = best is None or (value > best if run.recipe.checkpoint.best_mode == "max" else value < best)
+    run_dir = Path(run.recipe.output_dir)
+    if better and run.accelerator.is_main_process:
+        checkpoints.save_pretrained_dir(export, run_dir / "best", {"epoch": epoch, key: value, "metrics": metrics})
+        run.log.print(f"new best {key} {value:.4f} at epoch {epoch}: {run_dir / 'best'}")
+    run.accelerator.wait_for_everyone()
+    if better:
+        run.state.best = value
+
+
+def evaluate_epoch(run: Run, epoch: int) -> dict:
+    """Evaluate (the EMA's weights with ema.enabled), log the table, draw, keep ``best/``."""
+    recipe, log = run.recipe, run.log
+    model = run.state.ema.module if run.state.ema else run.model  # ema: the averaged weights are evaluated
+    predictions = predict(model, run.val_loader, run.accelerator, run.detector, run.normalize, recipe.eval.max_detections)
+    metrics = score(predictions, run.accelerator, run.evaluator, run.voc_evaluator)
+    log.record("eval", {"epoch": epoch, **metrics}, run.state.step)
+    log.metrics_table(f"epoch {epoch} validation", metrics)
+    log.print(f"epoch {epoch} {recipe.checkpoint.best_metric} (headline): "
+              f"{metrics.get(recipe.checkpoint.best_metric, float('nan')):.4f}")
+    run.pictures.after_eval(epoch, run.state.step, run.evaluator)  # results.csv, plots/, prediction grid (background)
+    if recipe.eval.voc:
+        log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
+    update_best(run, metrics, run.export, epoch)
+    return metrics

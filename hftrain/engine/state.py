@@ -1,0 +1,88 @@
+"""What a run carries from step to step: the loop position (:class:`LoopState`), why an epoch
+ended (:class:`Outcome`), the health features the loop consults (:class:`Health`) and the one typed
+run context (:class:`Run`) that the loop's functions take instead of a dozen parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hftrain.engine.batching import MicroBatching
+from hftrain.engine.ema import ModelEma
+from hftrain.engine.meter import Meter
+from hftrain.health.cuda_memory import CudaMemory
+from hftrain.health.debug import DebugMonitor
+from hftrain.health.guard import NonFiniteGuard
+from hftrain.health.preemption import StopSignal
+
+
+class Outcome(Enum):
+    """Why :func:`hftrain.engine.loop.train_one_epoch` returned."""
+
+    EPOCH = "epoch"  # the data ran out
+    MAX_STEPS = "max_steps"  # train.max_steps reached
+    STOPPED = "stopped"  # SIGTERM/SIGINT: a checkpoint was saved
+    ROLLBACK = "rollback"  # the non-finite guard reloaded an earlier checkpoint; LoopState says where to go on
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    batches_done: int = 0  # micro-batches consumed in this epoch (the dataloader position)
+    epoch_batches: int = 0  # micro-batches in a whole epoch on this process
+    bad_images: int = 0
+    save_count: int = 0
+    best: float | None = None  # best value of checkpoint.best_metric so far
+    ema: ModelEma | None = None  # ema.enabled: the weights' moving average (checkpoints hold it as ema.pt)
+
+    def saved(self, epoch_complete: bool) -> dict:
+        """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
+        last batch: a resumed run then still does the epoch's end (evaluation, best/, checkpoint)."""
+        return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
+                "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best}
+
+    def resume_at(self, saved: dict) -> None:
+        """Position the loop where a checkpoint's trainer_state.json says (a resume or a rollback):
+        after a complete epoch the next one starts; inside an epoch, the same epoch at its batch."""
+        self.step = saved["step"]
+        self.epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
+        self.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]
+
+
+@dataclass
+class Health:
+    """What the loop consults to survive what it can and to say why a run is unhealthy."""
+
+    batching: MicroBatching  # the training loader; out-of-memory recovery halves its micro-batch
+    guard: NonFiniteGuard  # guard.nonfinite: skip | rollback | abort
+    stop: StopSignal  # SIGTERM/SIGINT: checkpoint and leave
+    debug: DebugMonitor | None = None  # debug: true
+    memory: CudaMemory | None = None  # cuda: empty_cache every cuda.empty_cache_every micro-batches
+
+
+@dataclass
+class Run:
+    """One training run's parts, built once by :func:`hftrain.train.train`."""
+
+    recipe: Any  # hftrain.recipe.Recipe
+    accelerator: Any  # accelerate.Accelerator
+    detector: Any  # hftrain.models.detector.Detector (the unwrapped model, its processor and needs)
+    model: Any  # the prepared (maybe DDP-wrapped) model; a phase change may wrap it again
+    optimizer: Any
+    scheduler: Any
+    normalize: Any  # hftrain.models.inputs.Normalize: uint8 pixels -> model input, on the device
+    log: Any  # hftrain.report.runlog.RunLog
+    health: Health
+    meter: Meter
+    state: LoopState = field(default_factory=LoopState)
+    bad_limit: float = float("inf")  # decode failures this process may replace (data.max_bad_fraction)
+    trainable_by_design: set = field(default_factory=set)  # parameter names the model trains unless a phase freezes them
+    wrapped_trainable: set = field(default_factory=set)  # the trainable set DDP registered when it wrapped the model
+    phases: list = field(default_factory=list)  # hftrain.engine.phases.Phase: one, or the recipe's phases
+    val_loader: Any = None
+    evaluator: Any = None  # hftrain.metrics.coco_eval.CocoEvaluator (main process only)
+    voc_evaluator: Any = None  # eval.voc: hftrain.metrics.voc_eval.VocEvaluator (main process only)
+    pictures: Any = None  # hftrain.report.pictures.RunPictures: plots and prediction grids after evaluations
+    export: Any = None  # the detector best/ and model/ save: the EMA's weights with ema.enabled

@@ -1,0 +1,156 @@
+"""Value checks of a typed recipe across its sections, every problem collected (not the first raised)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from hftrain.recipe.schema import Recipe, SplitConfig
+
+
+def check_values(recipe: Recipe, problems: list[str]) -> None:
+    """Range checks that a type alone cannot express, section by section; every problem is appended."""
+    for check in (_check_counts, _check_rates, _check_best_metric_and_saving, _check_data, _check_ema_and_cuda,
+                  _check_model):
+        check(recipe, problems)
+
+
+def _check_counts(recipe: Recipe, problems: list[str]) -> None:
+    """Counts and sizes that must be at least 1; phases; ``batch_size: auto``."""
+    positive = {
+        "train.epochs": recipe.train.epochs,
+        "train.batch_size": 1 if recipe.train.batch_size == "auto" else recipe.train.batch_size,
+        "train.effective_batch": 1 if recipe.train.effective_batch is None else recipe.train.effective_batch,
+        "guard.consecutive": recipe.guard.consecutive,
+        "log.loss_window": recipe.log.loss_window,
+        "debug_batches": recipe.debug_batches,
+        "train.gradient_accumulation_steps": recipe.train.gradient_accumulation_steps,
+        "eval.interval": recipe.eval.interval,
+        "checkpoint.interval": recipe.checkpoint.interval,
+        "checkpoint.keep": recipe.checkpoint.keep,
+        "log.interval": recipe.log.interval,
+        "data.min_size": recipe.data.min_size,
+        "data.max_size": recipe.data.max_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            problems.append(f"{key}: must be at least 1, got {value}")
+    for i, phase in enumerate(recipe.phases):
+        for key in ("epochs", "batch_size", "gradient_accumulation_steps"):
+            value = getattr(phase, key)
+            if value is not None and value < 1:
+                problems.append(f"phases[{i}].{key}: must be at least 1, got {value}")
+        if phase.lr is not None and phase.lr <= 0:
+            problems.append(f"phases[{i}].lr: must be positive, got {phase.lr}")
+    if recipe.phases and recipe.train.batch_size == "auto":
+        problems.append("train.batch_size: auto cannot be combined with phases; give each phase a batch_size")
+    if recipe.train.batch_size == "auto" and recipe.train.effective_batch is None:
+        problems.append("train.batch_size: auto needs train.effective_batch (images per optimizer step)")
+
+
+def _check_rates(recipe: Recipe, problems: list[str]) -> None:
+    """Learning rates, factors and probabilities of the guard, optimizer, clipping and plots."""
+    if not 0.0 < recipe.guard.lr_factor <= 1.0:
+        problems.append(f"guard.lr_factor: must be in (0, 1], got {recipe.guard.lr_factor}")
+    if recipe.guard.max_rollbacks < 0:
+        problems.append(f"guard.max_rollbacks: must be 0 or more, got {recipe.guard.max_rollbacks}")
+    if recipe.data.repeat_threshold <= 0:
+        problems.append(f"data.repeat_threshold: must be positive, got {recipe.data.repeat_threshold}")
+    if recipe.optim.lr <= 0:
+        problems.append(f"optim.lr: must be positive, got {recipe.optim.lr}")
+    if recipe.train.clip_max_norm is not None and recipe.train.clip_max_norm <= 0:
+        problems.append(f"train.clip_max_norm: must be positive or null, got {recipe.train.clip_max_norm}")
+    if recipe.plots.images < 0:
+        problems.append(f"plots.images: must be 0 or more, got {recipe.plots.images}")
+    if not 0.0 <= recipe.plots.score_threshold <= 1.0:
+        problems.append(f"plots.score_threshold: must be in [0, 1], got {recipe.plots.score_threshold}")
+
+
+def _check_best_metric_and_saving(recipe: Recipe, problems: list[str]) -> None:
+    """``checkpoint.best_metric`` names a metric; ``every_steps`` fits the log windows."""
+    from hftrain.metrics.coco_eval import STAT_NAMES
+
+    best = recipe.checkpoint.best_metric
+    voc_names = ("voc07_map", "voc_map")
+    if not (best in STAT_NAMES or best.startswith("ap_") or (recipe.eval.voc and (best in voc_names or best.startswith("voc")))):
+        hint = " (VOC metrics need eval.voc: true)" if best.startswith("voc") else ""
+        problems.append(f"checkpoint.best_metric: {best!r} is not an evaluation metric{hint}; "
+                        f"choose one of {list(STAT_NAMES)}" + (f" or {list(voc_names)}" if recipe.eval.voc else "")
+                        + " or ap_<class name>")
+    every = recipe.checkpoint.every_steps
+    if every is not None and (every < 1 or every % recipe.log.interval):
+        problems.append(f"checkpoint.every_steps: must be a positive multiple of log.interval "
+                        f"({recipe.log.interval}) so a resumed run logs the same windows, got {every}")
+
+
+def _check_data(recipe: Recipe, problems: list[str]) -> None:
+    """Workers, flip and augmentation probabilities, RAM cache margin."""
+    if recipe.data.num_workers < 0:
+        problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
+    if not 0.0 <= recipe.data.hflip <= 1.0:
+        problems.append(f"data.hflip: must be a probability in [0, 1], got {recipe.data.hflip}")
+    augment = recipe.data.augment
+    for key in ("mosaic", "mixup", "scale_jitter", "min_visible"):
+        if not 0.0 <= getattr(augment, key) <= 1.0:
+            problems.append(f"data.augment.{key}: must be in [0, 1], got {getattr(augment, key)}")
+    if len(augment.scale_range) != 2 or not 0.0 < augment.scale_range[0] <= augment.scale_range[1]:
+        problems.append(f"data.augment.scale_range: must be [low, high] with 0 < low <= high, got {augment.scale_range}")
+    if augment.close_mosaic_epoch is not None and augment.close_mosaic_epoch < 1:
+        problems.append(f"data.augment.close_mosaic_epoch: must be an epoch number (from 1) or null, "
+                        f"got {augment.close_mosaic_epoch}")
+    if augment.min_box_size < 0:
+        problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
+    if recipe.data.cache_margin_gb < 0:
+        problems.append(f"data.cache_margin_gb: must be 0 or more, got {recipe.data.cache_margin_gb}")
+
+
+def _check_ema_and_cuda(recipe: Recipe, problems: list[str]) -> None:
+    """EMA decay and warm-up; CUDA memory settings and the allocator string."""
+    if not 0.0 < recipe.ema.decay < 1.0:
+        problems.append(f"ema.decay: must be in (0, 1), got {recipe.ema.decay}")
+    if recipe.ema.warmup_updates < 1:
+        problems.append(f"ema.warmup_updates: must be at least 1, got {recipe.ema.warmup_updates}")
+    cuda = recipe.cuda
+    if cuda.memory_fraction is not None and not 0.0 < cuda.memory_fraction <= 1.0:
+        problems.append(f"cuda.memory_fraction: must be in (0, 1] or null, got {cuda.memory_fraction}")
+    if cuda.empty_cache_every is not None and cuda.empty_cache_every < 1:
+        problems.append(f"cuda.empty_cache_every: must be at least 1 or null, got {cuda.empty_cache_every}")
+    if cuda.alloc_conf is not None:
+        from hftrain.health.cuda_memory import check_alloc_conf
+
+        problems.extend(check_alloc_conf(cuda.alloc_conf))
+
+
+def _check_model(recipe: Recipe, problems: list[str]) -> None:
+    """The model name is one of the registry's."""
+    from hftrain.models.registry import MODELS  # the registry is the schema of model names
+
+    if recipe.model.name not in MODELS:
+        near = difflib.get_close_matches(recipe.model.name, list(MODELS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problems.append(f"model.name: unknown model {recipe.model.name!r}{hint}; known: {sorted(MODELS)}")
+
+
+def missing_paths(recipe: Recipe) -> list[str]:
+    """Data paths named by the recipe that do not exist (generated data is exempt)."""
+    if recipe.data.synthetic is not None:
+        return []
+    problems = []
+    for split_name in ("train", "val"):
+        split: SplitConfig = getattr(recipe.data, split_name)
+        for attr in ("images", "labels"):
+            value = getattr(split, attr)
+            if value is not None and not Path(value).exists():
+                problems.append(f"data.{split_name}.{attr}: path {value} does not exist")
+        if split.images is None:
+            problems.append(f"data.{split_name}.images: not set")
+    if recipe.model.pretrained and _looks_local(recipe.model.pretrained) and not Path(recipe.model.pretrained).exists():
+        problems.append(f"model.pretrained: local path {recipe.model.pretrained} does not exist")
+    return problems
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+# ---------------------------------------------------------------------------- saving

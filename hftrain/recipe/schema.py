@@ -1,0 +1,378 @@
+"""The recipe schema: typed dataclasses, one per section, each field with its type, default and
+docstring. YAML only supplies values (:mod:`hftrain.recipe.load`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class ModelConfig:
+    name: str = "rt_detr"
+    """Registry key of the model family (see ``hftrain.models.registry.MODELS``)."""
+    pretrained: str | None = None
+    """Hub id or local directory of pretrained weights; None builds from ``config``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Overrides for the family's transformers config (architecture sizes, loss weights...)."""
+    norm: str = "default"
+    """Normalization layers: default | bn | syncbn | frozenbn | gn | cbn (RetinaNet)."""
+    norm_scope: list[str] = field(default_factory=lambda: ["backbone", "fpn", "head"])
+    """Which parts the ``norm`` swap applies to."""
+
+
+@dataclass
+class SplitConfig:
+    images: str | None = None
+    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    labels: str | None = None
+    """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
+    sets: list[str] = field(default_factory=list)
+    """Format-specific split names, e.g. VOC ``2007/trainval`` or a FRED split file."""
+    subset: int | None = None
+    """Use only this many images (a seeded random subset)."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded shapes dataset, generated into ``data.train``/``data.val`` paths' parent."""
+
+    kind: Literal["shapes"] = "shapes"
+    """Generator name."""
+    out_dir: str = "data/shapes"
+    """Where the images and COCO files are written."""
+    train_images: int = 1000
+    """Number of training images."""
+    val_images: int = 200
+    """Number of validation images."""
+    image_size: int = 128
+    """Side of the square images."""
+    seed: int = 0
+    """Generator seed."""
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation beyond the flip (``hftrain.data.augment``), on uint8 tensors. Every random
+    choice comes from the sample's (train.seed, epoch, index) generator, so a sample is the same in any
+    worker or process and after a resume. Order: mosaic, mixup, scale jitter, then ``data.hflip``.
+    Validation is never augmented."""
+
+    mosaic: float = 0.0
+    """Probability that a training sample is a mosaic: this image and three drawn at random, cut around a
+    random centre (uniform in the middle half of each axis) onto one canvas of this image's resized size
+    (``data.resize: square``: min_size x min_size; shortest_edge: this image's min_size/max_size size, so
+    mosaics keep the size distribution of plain samples). Each image keeps its resized scale; gray (114)
+    where none reaches. Boxes are clipped to the visible part of their image (see ``min_box_size``)."""
+    mixup: float = 0.0
+    """Probability that a sample is blended with another one built the same way (itself a mosaic with
+    probability ``mosaic``): pixels r * this + (1 - r) * other, r ~ Beta(32, 32) as in ultralytics, the
+    boxes of both kept. The other is resized to this sample's size when they differ."""
+    scale_jitter: float = 0.0
+    """Probability that a sample (after mosaic and mixup) is rescaled by a factor drawn uniformly from
+    ``scale_range``, boxes with it; the collate pads each batch to its largest image."""
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    """[low, high] of the scale-jitter factor. Above 1, images (and memory) grow past data.min_size/max_size."""
+    close_mosaic_epoch: int | None = None
+    """The first epoch with mosaic and mixup off; they stay off to the end. An absolute epoch number as the
+    loop counts and logs them (from 1, across phases), so it does not depend on knowing the run's length:
+    ultralytics' ``close_mosaic: 10`` (off for the last 10 epochs) in a 150-epoch run is 141. null: never."""
+    min_box_size: float = 2.0
+    """Mosaic: a box cut by the canvas edge or the centre lines is dropped when its visible part is narrower
+    or lower than this many pixels..."""
+    min_visible: float = 0.1
+    """...or shows less than this fraction of the box's area. Dropped boxes are counted, never silent
+    (``boxes_dropped`` in the train records of metrics.jsonl)."""
+
+
+@dataclass
+class DataConfig:
+    format: str = "coco"
+    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    train: SplitConfig = field(default_factory=SplitConfig)
+    """Training split."""
+    val: SplitConfig = field(default_factory=SplitConfig)
+    """Validation split."""
+    synthetic: SyntheticConfig | None = None
+    """Generate the shapes demo dataset first (its COCO files become train/val)."""
+    min_size: int = 800
+    """Resize so the shortest edge is this many pixels..."""
+    max_size: int = 1333
+    """...unless the longest edge would exceed this."""
+    resize: Literal["shortest_edge", "square"] = "shortest_edge"
+    """shortest_edge keeps the aspect ratio (min_size/max_size); square resizes every image to
+    min_size x min_size, as RT-DETR's official training does (640 x 640)."""
+    hflip: float = 0.5
+    """Probability of a horizontal flip during training."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Mosaic, mixup, scale jitter and when mosaic stops (all off by default)."""
+    jpeg_draft: bool = True
+    """Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the resized image is at
+    most half its size on both axes, then resize from there: several times less decoding work.
+    Pixels then differ from a full decode + bilinear resize (the transformers processor's) by
+    at most 0.1 in normalised units on average (about 5 uint8 levels; more at sharp edges, the
+    DCT filter being sharper); false decodes fully (1 uint8 level from the processor). No effect
+    on upscales such as BDD100K's 1280x720 at 800/1333."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    pin_memory: bool = True
+    """Pin host memory for faster copies to a CUDA device (ignored on CPU)."""
+    category_map: dict[str, str | None] = field(default_factory=dict)
+    """Rename source categories; a null value drops that category (counted)."""
+    max_missing: float = 0.0
+    """Fraction of missing image files tolerated before loading fails."""
+    max_bad_fraction: float = 0.01
+    """Fraction of images that may fail to decode during training before the run stops."""
+    blacklist: str | None = None
+    """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
+    cache_dir: str | None = None
+    """Where converted datasets (and the ``auto`` blacklist) are cached; null converts every run."""
+    modality: Literal["rgb", "event"] = "rgb"
+    """FRED: which stream to read."""
+    drone_classes: Literal["single", "models"] = "single"
+    """FRED: one ``drone`` class, or the five drone models where the labels name them."""
+    read_image_sizes: bool = False
+    """BDD100K: read each image's size instead of assuming 1280 x 720."""
+    seed: int = 0
+    """Seed for subsets."""
+    sampler: Literal["random", "repeat_factor"] = "random"
+    """Training order: random (a seeded shuffle), or repeat_factor (LVIS class-balanced repeat factor
+    sampling: an image repeats max over its classes of max(1, sqrt(repeat_threshold / f(c))) times per
+    epoch, f(c) the fraction of images holding class c, with stochastic rounding each epoch)."""
+    repeat_threshold: float = 0.001
+    """repeat_factor: classes in fewer than this fraction of the images are repeated (LVIS uses 0.001)."""
+    group_by_aspect_ratio: bool = False
+    """Batch landscape and portrait images separately (less padding)."""
+    cache: Literal["none", "ram"] = "none"
+    """ram: keep the decoded, resized uint8 training images in RAM (``hftrain.data.ram_cache``): the
+    first epoch decodes each image once, later epochs (and mosaic tiles) read it from memory. One copy
+    per machine, shared by every dataloader worker and every training process there. Its exact size
+    (sum of 3 x H x W of the resized images) is checked against the available memory before any
+    worker starts, and the run is refused when it does not fit (see ``cache_margin_gb``)."""
+    cache_val: bool = False
+    """With cache: ram, cache the validation images too (decoded only every eval.interval epochs
+    otherwise; their size is added to the estimate)."""
+    cache_margin_gb: float = 4.0
+    """GiB of memory that must stay available once the cache is full (model, workers, batches in flight)."""
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay) or adam (weight decay added to the gradient, as L2)."""
+    lr: float = 1e-4
+    """Peak learning rate of AdamW."""
+    backbone_lr_mult: float = 0.1
+    """The backbone's learning rate is ``lr`` times this."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (not applied to norms and biases)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up length in optimizer steps."""
+    warmup_start_lr: float = 0.0
+    """Learning rate at the first warm-up step (scaled per parameter group)."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule (scaled per parameter group)."""
+    milestones: list[int] = field(default_factory=list)
+    """Epochs after which the step schedule multiplies the learning rate by ``gamma``."""
+    gamma: float = 0.1
+    """Step-schedule factor."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Number of epochs."""
+    batch_size: int | Literal["auto"] = 2
+    """Images per device per micro-batch; auto probes the largest that fits before training and sets
+    gradient_accumulation_steps to reach train.effective_batch."""
+    effective_batch: int | None = None
+    """Images per optimizer step over all processes; needed by batch_size: auto."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    clip_max_norm: float | None = 0.1
+    """Clip the total gradient norm to this; null disables clipping."""
+    seed: int = 42
+    """Seed for model init, shuffling and augmentation."""
+    cpu_threads: int | None = None
+    """torch intra-op threads per process; null: the cores this process may use divided by the
+    processes on this machine (``accelerate launch`` sets OMP_NUM_THREADS=1 otherwise, which
+    leaves a lone CPU process on one core)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (for smoke tests); null trains all epochs."""
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase (``hftrain.phases``): consecutive epochs with their own batch, lr and frozen modules."""
+
+    name: str = ""
+    """Shown in the log (default phase1, phase2...)."""
+    epochs: int = 1
+    """Epochs in this phase; the phases' epochs add up to ``train.epochs``."""
+    batch_size: int | None = None
+    """Images per device per micro-batch in this phase; null: ``train.batch_size``."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimizer step in this phase; null: ``train.gradient_accumulation_steps``."""
+    lr: float | None = None
+    """Peak learning rate of this phase (the schedule's curve is rescaled to it); null: ``optim.lr``."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameters frozen in this phase: module or parameter names (``model.backbone`` freezes everything
+    under it) or glob patterns (``*.backbone.*``). BatchNorm layers whose parameters are all frozen stay in
+    eval mode."""
+
+
+@dataclass
+class PrecisionConfig:
+    mode: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    """auto: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
+    fp32_criterion: bool = True
+    """Run the loss and Hungarian matching in fp32 (autocast off)."""
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 1
+    """Evaluate every this many epochs (and always after the last)."""
+    during_training: bool = True
+    """false: no evaluation before the last epoch (FRED's ``--no_eval_map``: faster epochs; ``best/`` is then the
+    final model); the last epoch is always evaluated."""
+    batch_size: int | None = None
+    """Per-device evaluation batch; null uses train.batch_size."""
+    max_detections: int = 100
+    """Detections per image kept for COCO evaluation."""
+    backend: Literal["pycocotools", "faster_coco_eval"] = "faster_coco_eval"
+    """COCO evaluation implementation: faster_coco_eval (the 12 statistics identical to pycocotools on
+    5,000 images x 100 detections, 7x less time in bench/bench_eval.py) or pycocotools (the reference)."""
+    voc: bool = False
+    """Also compute PASCAL VOC AP at IoU 0.5 (voc07_map: 11-point, voc_map: all-point; difficult ignored)."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1
+    """Save a checkpoint every this many epochs (and after the last)."""
+    every_steps: int | None = None
+    """Also save a checkpoint every this many optimizer steps (a multiple of log.interval)."""
+    keep: int = 2
+    """How many checkpoints to keep (the newest complete one is never deleted; best/ is separate)."""
+    best_metric: str = "map"
+    """Evaluation metric that selects ``best/``."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a larger or smaller ``best_metric`` is better."""
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10
+    """Optimizer steps between log lines (console, metrics.jsonl, TensorBoard)."""
+    tensorboard: bool = True
+    """Log to TensorBoard through Accelerate when tensorboard is installed."""
+    loss_window: int = 50
+    """Optimizer steps over which loss variance, trend, clipped fraction and gradient norm are summarised."""
+
+
+@dataclass
+class GuardConfig:
+    """What a step whose loss or gradients are NaN/Inf does (see ``hftrain.guard``)."""
+
+    nonfinite: Literal["skip", "rollback", "abort"] = "skip"
+    """skip: drop the step (no update); rollback: skip, and after ``consecutive`` bad steps in a row reload
+    the last good checkpoint with the learning rate times ``lr_factor``; abort: stop at the first one."""
+    consecutive: int = 3
+    """rollback: bad steps in a row that trigger a rollback."""
+    lr_factor: float = 0.5
+    """rollback: the learning rate is multiplied by this at each rollback."""
+    max_rollbacks: int = 3
+    """rollback: the run aborts when it would need more rollbacks than this."""
+
+
+@dataclass
+class PlotsConfig:
+    """Pictures in the run directory (``plots/``); ``train.log``, ``metrics.jsonl`` and ``results.csv`` are always written."""
+
+    enabled: bool = True
+    """Draw the label statistics at the start and, after each evaluation, the curves (needs matplotlib)
+    and the prediction grid (PIL only)."""
+    images: int = 8
+    """Validation images in the prediction grid: the first this many of the validation set (0: no grid)."""
+    score_threshold: float = 0.3
+    """Predictions drawn in the grid score at least this."""
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (``hftrain.ema``), as RT-DETR's official training keeps."""
+
+    enabled: bool = False
+    """Keep the average; evaluation during training, ``best/`` and ``model/`` then use the averaged weights."""
+    decay: float = 0.9999
+    """The decay the average approaches: after each optimizer step, ema = d * ema + (1 - d) * weights."""
+    warmup_updates: int = 2000
+    """d = decay * (1 - exp(-updates / warmup_updates)): small for the first updates (the average follows the
+    weights), near ``decay`` after a few times this many optimizer steps (RT-DETR: 2000)."""
+
+
+@dataclass
+class CudaConfig:
+    """CUDA memory settings (``hftrain.health.cuda_memory``); all do nothing without a CUDA device. The CPU thread
+    count is ``train.cpu_threads``."""
+
+    alloc_conf: str | None = None
+    """Caching-allocator settings, e.g. ``max_split_size_mb:64`` or
+    ``max_split_size_mb:512,garbage_collection_threshold:0.7,expandable_segments:True``: set as
+    PYTORCH_ALLOC_CONF and PYTORCH_CUDA_ALLOC_CONF (torch 2.13 reads both) before CUDA initialises. null
+    leaves the environment as it is."""
+    memory_fraction: float | None = None
+    """Cap this process's GPU memory at this fraction of the device's
+    (``torch.cuda.set_per_process_memory_fraction``); null: no cap."""
+    empty_cache_every: int | None = None
+    """Call ``torch.cuda.empty_cache()`` after every this many micro-batches of an epoch; null: never."""
+
+
+@dataclass
+class Recipe:
+    output_dir: str = "runs/default"
+    """Run directory: checkpoints, logs, metrics.jsonl, recipe.yaml, model/."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    plots: PlotsConfig = field(default_factory=PlotsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    cuda: CudaConfig = field(default_factory=CudaConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Training phases in order (e.g. a frozen-backbone phase, then an unfrozen one); empty: one phase of
+    ``train.epochs`` with the ``train``/``optim`` values. With phases, ``train.epochs`` is set to their sum."""
+    debug: bool = False
+    """Debug mode: batch class histograms, gradient and update checks, NaN/Inf hooks, warm-up lr (``hftrain.debug``)."""
+    debug_batches: int = 5
+    """Debug mode: how many micro-batches get histograms and optimizer steps get gradient/update checks."""
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class RecipeError(Exception):
+    """One or more problems with a recipe; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str], source: str = "recipe"):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))

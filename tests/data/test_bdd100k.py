@@ -1,0 +1,153 @@
+"""BDD100K reader: real det_20/Scalabel sample files and a hand-written 2018-style file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import hftrain.data.formats.bdd100k as bdd
+from hftrain.data.formats.bdd100k import BDD100K_CLASSES, iter_json_list, read_bdd100k
+from hftrain.data.formats.coco import DatasetError
+from helpers.fixtures_path import fixtures_dir
+
+FIX = fixtures_dir() / "bdd100k"
+L = {name: i for i, name in enumerate(BDD100K_CLASSES)}
+
+
+def test_ignored_class_legacy_name_and_null_labels(tmp_path):
+    dataset, report = read_bdd100k(tmp_path, FIX / "bdd100k_tests" / "example_ignore_annotation.json", check_files=False)
+    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES
+    assert len(dataset) == 2 and dataset[1]["objects"] == []  # "labels": null is kept as background
+    other, person = dataset[0]["objects"]
+    # other person -> pedestrian ignore region; box2d corners inclusive: w = x2 - x1 + 1
+    assert other["category"] == L["pedestrian"] and other["iscrowd"] == 1
+    assert other["bbox"] == pytest.approx([1068.051474568342, 362.7665840944419,
+                                           1108.7226195720182 - 1068.051474568342 + 1,
+                                           466.2931350128905 - 362.7665840944419 + 1], abs=1e-3)
+    assert person["category"] == L["pedestrian"] and person["iscrowd"] == 0  # legacy "person"
+    assert person["bbox"] == pytest.approx([68.0515, 301.7666, 41.6711, 125.5265], abs=1e-3)
+    assert (dataset[0]["width"], dataset[0]["height"]) == (1280, 720)
+    assert report.boxes_per_class == {"pedestrian": 2}
+
+
+def test_det20_and_legacy_frame_agree_by_hand():
+    det20, report = read_bdd100k(FIX, FIX / "det20_style_2021-03" / "unitest_val_bdd.json", check_files=False)
+    legacy, _ = read_bdd100k(FIX, FIX / "legacy_2020-10" / "unitest_val_bdd.json", check_files=False)
+    row = det20[0]
+    assert (row["weather"], row["scene"], row["timeofday"]) == ("overcast", "city street", "daytime")
+    assert report.boxes == 34
+    assert report.boxes_per_class == {"car": 19, "traffic light": 7, "traffic sign": 6, "rider": 1, "motorcycle": 1}
+    first = row["objects"][0]
+    assert first["category"] == L["traffic sign"]
+    assert first["bbox"] == pytest.approx([1000.698742, 281.992415, 40.92813, 45.919145], abs=1e-3)
+    assert all(o["iscrowd"] == 0 for o in row["objects"])
+    assert legacy[0]["objects"] == row["objects"]  # trafficLightColor as a list changes nothing
+
+
+def test_poly2d_only_labels_are_skipped_and_counted():
+    dataset, report = read_bdd100k(FIX, FIX / "bdd100k_tests" / "example_annotation.json", check_files=False)
+    assert len(dataset) == 1 and dataset[0]["objects"] == []
+    assert report.dropped_boxes == {"'car' label has no box2d (poly2d only)": 4}
+
+
+def _box(x1, y1, x2, y2):
+    return {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+
+
+def _frames_2018():
+    return [
+        {"name": "a.jpg", "attributes": {"weather": "rainy", "scene": "highway", "timeofday": "night"},
+         "labels": [
+             {"id": 1, "category": "bike", "attributes": {"occluded": False}, "box2d": _box(10, 20, 29, 59)},
+             {"id": 2, "category": "motor", "box2d": _box(0, 0, 9, 9)},
+             {"id": 3, "category": "other vehicle", "box2d": _box(100, 100, 199, 149)},
+             {"id": 4, "category": "trailer", "box2d": _box(300, 300, 349, 399)},
+             {"id": 5, "category": "car", "attributes": {"crowd": True}, "box2d": _box(500, 500, 519, 509)},
+             {"id": 6, "category": "drivable area", "poly2d": [{"vertices": [[0, 0], [5, 5]], "types": "LL"}]},
+             {"id": 7, "category": "lane/single white", "poly2d": [{"vertices": [[0, 0], [5, 5]], "types": "LL"}]},
+             {"id": 8, "category": "car", "box2d": _box(1270, 710, 1300, 730)},  # clipped to 1280x720
+             {"id": 9, "category": "car", "box2d": _box(1279.5, 10, 1300, 20)},  # 0.5 px wide after clipping
+             {"id": 10, "category": "car", "box2d": _box(float("nan"), 10, 20, 20)},
+         ]},
+        {"name": "b.jpg", "labels": []},
+        {"name": "c.jpg"},
+    ]
+
+
+def test_2018_style_file_by_hand(tmp_path):
+    path = tmp_path / "bdd100k_labels_images_val.json"
+    path.write_text(json.dumps(_frames_2018()))
+    dataset, report = read_bdd100k(tmp_path, path, check_files=False)
+    assert len(dataset) == 3 and dataset[1]["objects"] == [] and dataset[2]["objects"] == []
+    assert dataset[2]["weather"] is None
+    got = [(o["category"], o["bbox"], o["iscrowd"]) for o in dataset[0]["objects"]]
+    assert got == [
+        (L["bicycle"], [10, 20, 20, 40], 0),
+        (L["motorcycle"], [0, 0, 10, 10], 0),
+        (L["car"], [100, 100, 100, 50], 1),
+        (L["truck"], [300, 300, 50, 100], 1),
+        (L["car"], [500, 500, 20, 10], 1),
+        (L["car"], [1270, 710, 10, 10], 0),
+    ]
+    assert report.dropped_boxes == {
+        "'drivable area' label has no box2d (poly2d only)": 1,
+        "'lane/single white' label has no box2d (poly2d only)": 1,
+        "smaller than 1 px after clipping": 1,
+        "non-finite coordinates": 1,
+    }
+    assert report.changed_boxes == {"clipped to image": 2}
+    assert report.boxes == 6
+
+
+def test_unknown_category_error_and_category_map(tmp_path):
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps([{"name": "a.jpg", "labels": [{"id": "x7", "category": "tram", "box2d": _box(1, 1, 5, 5)}]}]))
+    with pytest.raises(DatasetError, match=rf"{path} frame 0 \('a.jpg'\) label 'x7': unknown category 'tram'"):
+        read_bdd100k(tmp_path, path, check_files=False)
+    dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "train"}, check_files=False)
+    assert dataset[0]["objects"][0]["category"] == L["train"]
+    dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "tram"}, check_files=False)
+    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES + ["tram"]
+
+
+def test_paths_outside_root_and_missing_images(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (1280, 720)).save(images / "a.jpg")
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps([{"name": "../../x.jpg"}]))
+    with pytest.raises(ValueError, match=r"frame 0 \('../../x.jpg'\).*outside the image root"):
+        read_bdd100k(images, path)
+    path.write_text(json.dumps([{"name": "a.jpg"}, {"name": "b.jpg"}]))
+    with pytest.raises(DatasetError, match=r"1 of 2 image files are missing.*b\.jpg"):
+        read_bdd100k(images, path)
+    dataset, report = read_bdd100k(images, path, max_missing=0.5, read_image_sizes=True)
+    assert dataset["image"] == [{"path": "a.jpg", "bytes": None}]
+    assert report.dropped_images == {"missing image file": 1}
+
+
+def test_streaming_parser_across_chunk_boundaries(monkeypatch):
+    source = FIX / "det20_style_2021-03" / "unitest_val_bdd.json"
+    expected = json.loads(source.read_text())
+    for size in (3, 64, 1000):
+        monkeypatch.setattr(bdd, "_CHUNK", size)
+        assert list(iter_json_list(source)) == expected
+
+
+def test_streaming_parser_rejects_bad_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(bdd, "_CHUNK", 5)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "a.jpg"}, {"name": ')
+    with pytest.raises(DatasetError, match=f"{bad}: not valid JSON"):
+        list(iter_json_list(bad))
+    bad.write_text('{"frames": []}')
+    with pytest.raises(DatasetError, match="expected a JSON list"):
+        list(iter_json_list(bad))
+    bad.write_text('[{"name": "a.jpg"} {"name": "b.jpg"}]')
+    with pytest.raises(DatasetError, match="expected ',' or ']'"):
+        list(iter_json_list(bad))
+    empty = tmp_path / "empty.json"
+    empty.write_text(" [ ] ")
+    assert list(iter_json_list(empty)) == []

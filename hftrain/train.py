@@ -37,7 +37,9 @@ from hftrain.engine.phases import check_freeze_patterns, enter_phase, phase_at, 
 from hftrain.engine.state import Health, Outcome, Run
 from hftrain.health.cuda_memory import CudaMemory, apply_allocator
 from hftrain.health.debug import DebugMonitor, check_trainable
+from hftrain.health import memory_view
 from hftrain.health.guard import NonFiniteGuard
+from hftrain.health.memory_view import MemoryView
 from hftrain.health.oom import install_injection, resolve_auto_batch
 from hftrain.health.preemption import StopSignal
 from hftrain.metrics.coco_eval import CocoEvaluator
@@ -83,7 +85,8 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         accelerator.init_trackers("hftrain")
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
-    log.header(header_rows(run, data, memory.describe(allocator), total_steps))
+    log.header(header_rows(run, data, memory.describe(allocator), total_steps)
+               + [("memory", run.health.view.header(recipe.cuda.memory_fraction))])
     log.print(*data.notes)
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
@@ -112,6 +115,8 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
     health = Health(batching=MicroBatching(train_loader, per_device, accum, rebuild, accelerator, recipe, log),
                     guard=NonFiniteGuard(recipe.guard, run_dir, log, count_gradients=accelerator.mixed_precision != "fp16"),
                     stop=StopSignal.install(log, run_dir), memory=memory)
+    health.view = MemoryView(memory_view.counters_for(accelerator.device), data.ram_caches(), accelerator.gather, log,
+                             memory_view.GpuUtilisation(accelerator.device, log))
     health.guard.remember_schedule(scheduler)
     health.guard.protect_loss(detector.model)  # NaN predictions reach the guard, not a crash in the matcher
     if recipe.debug:  # debug: batch histograms, gradient and update checks, NaN/Inf hooks, warm-up lr

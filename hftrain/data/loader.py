@@ -144,6 +144,11 @@ class DataBundle:
     class_names: list[str]
     notes: list[str]
 
+    def ram_caches(self) -> list:
+        """The RAM caches of the splits (``data.cache: ram``), each once."""
+        caches = [d.cache for d in (self.train, self.val) if d.cache is not None]
+        return list({id(c): c for c in caches}.values())
+
 
 def materialise_synthetic(data_cfg):
     """If the recipe asks for the shapes demo, generate it and point train/val at its files."""

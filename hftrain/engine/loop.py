@@ -23,6 +23,7 @@ from hftrain.engine.phases import frozen_norms_to_eval
 from hftrain.engine.state import Outcome, Run
 from hftrain.health import faults
 from hftrain.health.guard import NonFiniteAbort
+from hftrain.health.memory_view import MemoryView
 from hftrain.models.inputs import model_inputs
 
 
@@ -56,6 +57,8 @@ def train_one_epoch(run: Run, loader) -> Outcome:
         count_bad_images(run, batch["skipped"])
         if health.debug:  # debug: the class mix of the first batches
             health.debug.before_forward(batch, state.epoch)
+        if health.view:  # memory: the epoch's largest canvas (the creep warning compares like with like)
+            health.view.after_batch(batch["pixel_values"])
         lr = max(group["lr"] for group in run.optimizer.param_groups)  # the rate this step uses
         step = train_step(run, batch, trainable)
         if step is None:  # out of memory: the micro-batch was halved; redo this optimizer step
@@ -66,6 +69,8 @@ def train_one_epoch(run: Run, loader) -> Outcome:
         log.advance(step.loss, meter.epoch_mean, lr)
         if health.memory and health.memory.empty_cache_due(state.batches_done):  # cuda.empty_cache_every
             torch.cuda.empty_cache()
+            if health.view:
+                health.view.after_empty_cache()
         if step.synced and (outcome := after_optimizer_step(run, step, lr)):
             return outcome
         tick = time.perf_counter()
@@ -74,6 +79,10 @@ def train_one_epoch(run: Run, loader) -> Outcome:
     log.record("epoch", {"epoch": state.epoch, **epoch_stats}, state.step)
     log.print(f"epoch {state.epoch} summary: loss mean {epoch_stats['loss_mean_epoch']:.4f} | "
               f"{Meter.line(epoch_stats, 'epoch')}")
+    if health.view:  # memory: the epoch's peak against the previous epochs of the same shapes (a leak signal)
+        phase = run.phase.index if run.phase is not None else 0
+        if creep := health.view.end_epoch(state.epoch, phase, health.batching.batch_size, run.accelerator.device):
+            log.record("memory_creep", creep, state.step)
     return Outcome.EPOCH
 
 
@@ -197,8 +206,13 @@ def log_window(run: Run, outputs, lr: float) -> None:
     }
     summary = run.meter.window_summary()  # loss variance, trend, clipped fraction, pre-clip grad norm
     values.update(summary)
+    memory = run.health.view.window(accelerator.device) if run.health.view else {}  # maximum over processes
+    values.update(memory)
     run.log.record("train", values, state.step)
     run.log.print(
         f"epoch {state.epoch} step {state.step} loss {loss:.4f} lr {lr:.2e} | {Meter.line(summary, 'window')} | "
         f"t_load {t_load:.3f}s ({100 * t_load / total:.1f}%) | t_step {t_step:.3f}s ({100 * t_step / total:.1f}%)"
+        + (f" | {MemoryView.line(memory)}" if memory else "")
     )
+    if memory:
+        run.log.set_memory(MemoryView.bar_text(memory))

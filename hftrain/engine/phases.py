@@ -128,6 +128,7 @@ def enter_phase(run, phase: Phase) -> None:
     ``run.model`` and ``run.wrapped_trainable`` change. The optimizer keeps its state; frozen
     parameters get no gradient, so no update."""
     accelerator, log = run.accelerator, run.log
+    run.phase = phase
     unwrapped = accelerator.unwrap_model(run.model)
     frozen_n, trainable_n = apply_freeze(unwrapped, phase.freeze, run.trainable_by_design)
     now_trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}

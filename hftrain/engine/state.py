@@ -14,6 +14,7 @@ from hftrain.engine.meter import Meter
 from hftrain.health.cuda_memory import CudaMemory
 from hftrain.health.debug import DebugMonitor
 from hftrain.health.guard import NonFiniteGuard
+from hftrain.health.memory_view import MemoryView
 from hftrain.health.preemption import StopSignal
 
 
@@ -60,6 +61,7 @@ class Health:
     stop: StopSignal  # SIGTERM/SIGINT: checkpoint and leave
     debug: DebugMonitor | None = None  # debug: true
     memory: CudaMemory | None = None  # cuda: empty_cache every cuda.empty_cache_every micro-batches
+    view: MemoryView | None = None  # GPU and host memory figures on log lines, the creep warning
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Run:
     trainable_by_design: set = field(default_factory=set)  # parameter names the model trains unless a phase freezes them
     wrapped_trainable: set = field(default_factory=set)  # the trainable set DDP registered when it wrapped the model
     phases: list = field(default_factory=list)  # hftrain.engine.phases.Phase: one, or the recipe's phases
+    phase: Any = None  # the phase being trained (set by hftrain.engine.phases.enter_phase)
     val_loader: Any = None
     evaluator: Any = None  # hftrain.metrics.coco_eval.CocoEvaluator (main process only)
     voc_evaluator: Any = None  # eval.voc: hftrain.metrics.voc_eval.VocEvaluator (main process only)

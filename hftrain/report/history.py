@@ -32,6 +32,8 @@ class RunHistory:
     step: list[dict] = field(default_factory=list)
     train: list[dict] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
+    oom: list[dict] = field(default_factory=list)
+    """Out-of-memory recoveries (the memory plot marks them)."""
     recipe: dict = field(default_factory=dict)
     """The run's ``recipe.yaml`` as a plain dict (empty when the file is missing)."""
     wall_time: float = 0.0
@@ -95,7 +97,7 @@ def read_history(run_dir: str | Path) -> RunHistory:
             history.wall_time += segment_end
             segment_end = 0.0
         segment_end = max(segment_end, float(record.get("time", 0.0)))
-        if kind not in ("config", "step", "train", "eval"):
+        if kind not in ("config", "step", "train", "eval", "oom"):
             continue  # a record type this reader does not plot (other features may add some)
         records = getattr(history, kind)
         if kind in ("step", "train"):

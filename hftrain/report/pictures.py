@@ -104,6 +104,7 @@ class RunPictures:
         if self.matplotlib and history is not None and not superseded:
             runs = [(history.name, history)]
             self._guard("training plots", plots.plot_training, runs, self.plots_dir)
+            self._guard("memory plot", plots.plot_memory, runs, self.plots_dir / "memory.png")
             self._guard("evaluation plots", plots.plot_evaluation, runs, self.plots_dir)
         if curves is not None and not superseded:
             self._guard("precision-recall curves", self._pr_curves, curves)

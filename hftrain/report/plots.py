@@ -127,6 +127,48 @@ def _legend(fig, runs: Runs) -> None:
                    frameon=False)
 
 
+# ---------------------------------------------------------------------------- memory
+
+
+MEMORY_CURVES = (("gpu_peak_gb", "GPU peak allocated"), ("gpu_reserved_gb", "GPU reserved"),
+                 ("gpu_allocated_gb", "GPU allocated"), ("host_rss_gb", "host resident (process)"),
+                 ("ram_cache_gb", "RAM cache (shared)"))
+
+
+def plot_memory(runs: Runs, path: Path) -> Path | None:
+    """memory.png: the memory figures of every log line over optimizer steps (maximum over processes),
+    GPU on the left, host on the right; dotted lines mark log windows with ``empty_cache`` calls, red
+    crosses out-of-memory recoveries. None when no record holds memory figures."""
+    if not any(h.series("train", "host_rss_gb")[0] or h.series("train", "gpu_peak_gb")[0] for _, h in runs):
+        return None
+    fig, axes = _figure(1, 2, 12, 3.6, legend=len(runs) > 1)
+    gpu_ax, host_ax = axes[0]
+    for i, (label, history) in enumerate(runs):
+        for n, (key, name) in enumerate(MEMORY_CURVES):
+            xs, ys = history.series("train", key)
+            ax = gpu_ax if key.startswith("gpu") else host_ax
+            if xs:
+                ax.plot(xs, ys, color=run_colour(i if len(runs) > 1 else n), linewidth=1.4,
+                        linestyle=("-", "--", ":")[n % 3] if len(runs) > 1 else "-",
+                        label=name if len(runs) == 1 else None)
+        for x, calls in zip(*history.series("train", "empty_cache_calls")):
+            if calls:
+                gpu_ax.axvline(x, color="grey", linestyle=":", linewidth=0.8)
+        for record in history.oom:
+            gpu_ax.plot([record["step"]], [0], marker="x", color="red", markersize=8)
+    if not any(h.series("train", "gpu_peak_gb")[0] for _, h in runs):
+        gpu_ax.text(0.5, 0.5, "no GPU figures (no CUDA device)", ha="center", va="center", transform=gpu_ax.transAxes)
+    gpu_ax.set_title("GPU memory, GiB (dotted: empty_cache; x: out of memory)", fontsize=9)
+    host_ax.set_title("host memory, GiB", fontsize=9)
+    for ax in (gpu_ax, host_ax):
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(runs) == 1 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    _legend(fig, runs)
+    return _save(fig, Path(path))
+
+
 # ---------------------------------------------------------------------------- training curves
 
 
@@ -445,6 +487,8 @@ def plot_label_statistics(stats: dict, path: Path) -> Path:
 def plot_run(runs: Runs, out_dir: Path, pr: list[tuple[str, dict]] | None = None) -> list[Path]:
     """Every plot the records support, for one run or overlaid runs."""
     written = plot_training(runs, out_dir) + plot_evaluation(runs, out_dir)
+    if memory := plot_memory(runs, Path(out_dir) / "memory.png"):
+        written.append(memory)
     if pr:
         written.append(plot_pr_curves(pr, Path(out_dir) / "pr_curves.png"))
     return written

@@ -34,6 +34,7 @@ class RunLog:
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.start = time.time()
         self.progress: Progress | None = None
+        self.memory = ""  # the progress bar's memory figure (set_memory)
         self.log_lock = threading.Lock()  # pictures are drawn (and report failures) on another thread
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,11 +106,17 @@ class RunLog:
         self.progress = Progress(
             TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f} (mean {task.fields[mean]:.4f}) lr {task.fields[lr]:.2e}"),
-            SpeedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[memory]}"), SpeedColumn(), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, loss=0.0, mean=0.0, lr=0.0)
+        self.task = self.progress.add_task("train", total=total, loss=0.0, mean=0.0, lr=0.0, memory=self.memory)
+
+    def set_memory(self, text: str) -> None:
+        """The progress bar's memory figure (GPU peak, or host resident memory), set on log lines."""
+        self.memory = text
+        if self.progress is not None:
+            self.progress.update(self.task, memory=text)
 
     def advance(self, loss: float, mean: float, lr: float) -> None:
         if self.progress is not None:
@@ -123,6 +130,7 @@ class RunLog:
             self.append_log(
                 f"epoch {self.epoch} {task.completed:.0f}/{task.total:.0f} "
                 f"loss {fields['loss']:.4f} (mean {fields['mean']:.4f}) lr {fields['lr']:.2e} "
+                + (f"{fields['memory']} " if fields.get("memory") else "") +
                 f"{f'{speed:.2f}' if speed else '--'} it/s, {task.elapsed or 0.0:.1f}s\n"
             )
             self.progress = None

@@ -5,6 +5,12 @@ from (seed, epoch, index), so what a sample looks like does not depend on which 
 process loads it, on the number of workers, or on RNG states surviving a restart. Under
 several processes Accelerate shards its batches; ``set_epoch`` is called through the prepared
 dataloader's ``set_epoch``.
+
+A loop that never calls ``set_epoch`` (a hand-written loop over ``make_loader``'s loader) still gets a
+new order and new augmentation draws each time it iterates the loader, as with
+``DataLoader(shuffle=True)``: an iteration not preceded by ``set_epoch`` starts the next epoch.
+Without that, every pass was epoch 0 again: the same order and the same flip of every image, epoch
+after epoch (issue 18).
 """
 
 from __future__ import annotations
@@ -39,14 +45,19 @@ class EpochShuffle(Sampler):
         self.length = length
         self.seed = seed
         self.epoch = 0
+        self._epoch_is_set = True  # the first iteration is epoch 0 (or what set_epoch chose)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._epoch_is_set = True
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
+        if not self._epoch_is_set:  # iterated again without set_epoch: the next epoch, not a replay
+            self.epoch += 1
+        self._epoch_is_set = False
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         epoch = self.epoch

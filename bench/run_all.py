@@ -1,6 +1,6 @@
 """``make bench``: run every bench script and write bench/results.md (a table) and results.json.
 
-Run: ``.venv/bin/python bench/run_all.py [--full] [--only pipeline,loop,eval,convert,cuda]``
+Run: ``.venv/bin/python bench/run_all.py [--full] [--only pipeline,loop,eval,convert,cuda,convergence]``
 
 Each script runs in its own process (so peak-memory readings and thread settings do not leak
 from one to the next) and hands back its rows as JSON. Every row compares ours with a baseline
@@ -33,7 +33,11 @@ SCRIPTS = {
     "convert": ("bench_convert.py", ["--frames", "20000", "--boxes", "371000", "--images", "120"],
                 ["--frames", "70000", "--boxes", "1300000", "--images", "240"]),
     "cuda": ("bench_cuda.py", [], ["--steps", "60"]),
+    # opt-in (--only convergence): trains the demo 2 x seeds times, about 20 min (default) / 75 min (--full) on 2 cores
+    "convergence": ("bench_convergence.py", ["--seeds", "3", "--stop-epoch", "5"], ["--seeds", "5"]),
 }
+OPT_IN = {"convergence"}
+"""Scripts that run only when --only names them."""
 
 
 def run_script(name: str, full: bool) -> tuple[dict, float, str]:
@@ -80,7 +84,8 @@ def markdown(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="full sizes (longer than 10 minutes on 2 cores)")
-    parser.add_argument("--only", default=",".join(SCRIPTS), help="comma-separated subset of " + ", ".join(SCRIPTS))
+    parser.add_argument("--only", default=",".join(n for n in SCRIPTS if n not in OPT_IN),
+                        help="comma-separated subset of " + ", ".join(SCRIPTS) + f" (opt-in: {', '.join(sorted(OPT_IN))})")
     parser.add_argument("--out", default=str(HERE), help="folder for results.md and results.json")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]

@@ -292,6 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=str(RECIPE))
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, --full 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (default 0)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--stop-epoch", type=int, default=None,
                         help="stop both sides after this many epochs of the --epochs schedule")
@@ -309,7 +310,7 @@ def main() -> None:
     if args.minimal_worker:
         minimal_worker(args)
         return
-    seeds = list(range(args.seeds if args.seeds is not None else (5 if args.full else 3)))
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds if args.seeds is not None else (5 if args.full else 3))))
     sides = args.sides.split(",")
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     started = time.perf_counter()

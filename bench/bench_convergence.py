@@ -30,13 +30,19 @@ training wall time (each side's last evaluation reached within the mean training
 that the faster side needs for all its epochs), and the median time per step. ``--stop-epoch K`` stops both
 sides after K epochs of the ``--epochs`` schedule (the cosine still spans ``--epochs``): half the cost for
 the epoch-5 figure.
-The machine may be shared: times are only comparable within one run of this script.
+The machine may be shared: times are only comparable within one run of this script; ``--parallel`` runs
+the two sides of a seed at the same time (one core each on a 2-core machine), so both see the same load.
+
+``--dataset kangaroo``: the same comparison on a real dataset, ``shared/datasets/kangaroo`` (164 photographs
+of varied sizes, one class, LabelImg's VOC-XML files), converted here to COCO files (every 5th image to
+val) that both sides read, the demo's model trained from scratch at ``--size`` x ``--size``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -76,18 +82,26 @@ def minimal_worker(args) -> None:
     from hftrain.models.registry import build_model
     from hftrain.recipe import load_recipe
 
+    from PIL import ImageFile
+
+    # kangaroo's images/00090.jpg lacks its last 20 bytes: PIL's full decode refuses it, as an example user
+    # would find out at the first evaluation; their fix is this flag (hftrain decodes it: reduced-scale JPEG
+    # decoding stops before the missing end marker, and `hftrain scan` would list it)
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, [f"train.seed={args.seed}"])
-    syn = recipe.data.synthetic
-    root = Path(syn.out_dir) if syn is not None else None
-    if root is None:
-        raise SystemExit("bench_convergence: the minimal side reads the demo's generated COCO files (data.synthetic)")
+    recipe = load_recipe(args.recipe, [*args.override, f"train.seed={args.seed}"])
+    if recipe.data.synthetic is not None:  # the demo's generated COCO files (made once, by whichever side is first)
+        from hftrain.data.loader import materialise_synthetic
+
+        recipe = dataclasses.replace(recipe, data=materialise_synthetic(recipe.data))
+    if recipe.data.format != "coco" or recipe.data.resize != "square":
+        raise SystemExit("bench_convergence: the minimal side reads COCO files resized to a square (data.format coco)")
     size = recipe.data.min_size
     batch_size, epochs = recipe.train.batch_size, args.epochs
     optim, sched = recipe.optim, recipe.schedule
 
-    train_coco = _quiet(COCO, str(root / "train.json"))
-    val_coco = _quiet(COCO, str(root / "val.json"))
+    train_coco = _quiet(COCO, recipe.data.train.labels)
+    val_coco = _quiet(COCO, recipe.data.val.labels)
     cat_ids = sorted(train_coco.getCatIds())
     label_of = {c: i for i, c in enumerate(cat_ids)}  # contiguous 0..K-1, as transformers' heads expect
     class_names = [train_coco.cats[c]["name"] for c in cat_ids]
@@ -118,8 +132,8 @@ def minimal_worker(args) -> None:
                 "labels": [{"class_labels": s["labels"]["class_labels"], "boxes": s["labels"]["boxes"]} for s in samples],
                 "image_ids": [s["image_id"] for s in samples], "sizes": [s["size"] for s in samples]}
 
-    train_set = CocoDetection(train_coco, root / "train", flip=recipe.data.hflip > 0)
-    val_set = CocoDetection(val_coco, root / "val", flip=False)
+    train_set = CocoDetection(train_coco, Path(recipe.data.train.images), flip=recipe.data.hflip > 0)
+    val_set = CocoDetection(val_coco, Path(recipe.data.val.images), flip=False)
 
     set_seed(args.seed)  # as `hftrain train`: the seed right before the model is built
     model = build_model(recipe.model, class_names).model
@@ -222,22 +236,32 @@ def env(threads: int) -> dict:
                 OMP_NUM_THREADS=str(threads))
 
 
-def run_hftrain(recipe: Path, seed: int, epochs: int, eval_interval: int, threads: int, tmp: Path,
-                stop_epoch: int | None = None) -> dict:
+def train_images(recipe: Path, overrides: list[str]) -> int:
+    from hftrain.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides, check_paths=False)
+    if r.data.synthetic is not None:
+        return r.data.synthetic.train_images
+    return len(json.loads(Path(r.data.train.labels).read_text())["images"])
+
+
+def hftrain_command(recipe: Path, seed: int, epochs: int, eval_interval: int, threads: int, tmp: Path,
+                    stop_epoch: int | None, overrides: list[str]) -> tuple[list[str], Path]:
     out = tmp / f"hftrain_{seed}"
     stop = []
     if stop_epoch:  # the schedule of `epochs` epochs, stopped after `stop_epoch` of them
         from hftrain.recipe import load_recipe
 
-        r = load_recipe(recipe, [])
-        stop = [f"train.max_steps={stop_epoch * math.ceil(r.data.synthetic.train_images / r.train.batch_size)}"]
-    cmd = [sys.executable, str(ROOT / "hftrain" / "train.py"), str(recipe), f"train.seed={seed}",
+        batch = load_recipe(recipe, overrides, check_paths=False).train.batch_size
+        stop = [f"train.max_steps={stop_epoch * math.ceil(train_images(recipe, overrides) / batch)}"]
+    cmd = [sys.executable, str(ROOT / "hftrain" / "train.py"), str(recipe), *overrides, f"train.seed={seed}",
            f"train.epochs={epochs}", f"eval.interval={eval_interval}", "eval.backend=pycocotools",
            f"train.cpu_threads={threads}", f"output_dir={out}", "plots.enabled=false", "log.tensorboard=false",
            f"checkpoint.interval={epochs}", *stop, "--overwrite"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(threads), capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"hftrain side failed (exit {proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return cmd, out
+
+
+def hftrain_result(out: Path, seed: int) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     # training time: wall clock between consecutive step records, each evaluation left out (the step after
     # it is timed from the evaluation record); the first step from the "config" record (model built)
@@ -257,17 +281,71 @@ def run_hftrain(recipe: Path, seed: int, epochs: int, eval_interval: int, thread
     return {"history": history, "step_times": step_times}
 
 
-def run_minimal(recipe: Path, seed: int, epochs: int, eval_interval: int, threads: int, tmp: Path,
-                stop_epoch: int | None = None) -> dict:
+def minimal_command(recipe: Path, seed: int, epochs: int, eval_interval: int, threads: int, tmp: Path,
+                    stop_epoch: int | None, overrides: list[str]) -> tuple[list[str], Path]:
     out = tmp / f"minimal_{seed}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--minimal-worker", "--recipe", str(recipe), "--seed", str(seed),
            "--epochs", str(epochs), "--eval-interval", str(eval_interval), "--threads", str(threads), "--out", str(out),
-           *(["--stop-epoch", str(stop_epoch)] if stop_epoch else [])]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(threads), capture_output=True, text=True)
-    if proc.returncode or not out.is_file():
-        raise RuntimeError(f"minimal side failed (exit {proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("[minimal")), flush=True)
+           *(["--stop-epoch", str(stop_epoch)] if stop_epoch else []), *(f"--override={o}" for o in overrides)]
+    return cmd, out
+
+
+def minimal_result(out: Path, seed: int) -> dict:
     return json.loads(out.read_text())
+
+
+COMMANDS = {"hftrain": (hftrain_command, hftrain_result), "minimal": (minimal_command, minimal_result)}
+
+
+def run_seed(sides: list[str], parallel: bool, seed: int, args, tmp: Path, overrides: list[str]) -> dict[str, dict]:
+    """Both sides of one seed: one after the other, or at the same time (``--parallel``: each on its own
+    threads, so both see the same machine load)."""
+    started, results = {}, {}
+    for side in sides:
+        cmd, out = COMMANDS[side][0](Path(args.recipe), seed, args.epochs, args.eval_interval, args.threads, tmp,
+                                     args.stop_epoch, overrides)
+        log = open(tmp / f"{side}_{seed}.log", "w")
+        started[side] = (subprocess.Popen(cmd, cwd=ROOT, env=env(args.threads), stdout=log, stderr=subprocess.STDOUT,
+                                          text=True), cmd, out, log)
+        if not parallel:
+            started[side][0].wait()
+    for side, (proc, cmd, out, log) in started.items():
+        proc.wait()
+        log.close()
+        text = (tmp / f"{side}_{seed}.log").read_text()
+        if proc.returncode or not out.exists():
+            raise RuntimeError(f"{side} side failed (exit {proc.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+        print("\n".join(line for line in text.splitlines() if line.startswith("[minimal")), flush=True)
+        results[side] = COMMANDS[side][1](out, seed)
+    return results
+
+
+def kangaroo_coco(source: Path, out: Path) -> list[str]:
+    """The kangaroo dataset (LabelImg's VOC-XML files in annots/, JPEGs in images/; hftrain's own VOC
+    adapter reads only VOCdevkit layouts until issue 14) as COCO files, every 5th image to val; returns the
+    recipe overrides that point both sides at them."""
+    import xml.etree.ElementTree as ET
+
+    splits = {"train": {"images": [], "annotations": []}, "val": {"images": [], "annotations": []}}
+    for number, path in enumerate(sorted((source / "annots").glob("*.xml"))):
+        root = ET.parse(path).getroot()
+        split = splits["val" if number % 5 == 4 else "train"]
+        image_id = number + 1
+        split["images"].append({"id": image_id, "file_name": root.findtext("filename"),
+                                "width": int(root.findtext("size/width")), "height": int(root.findtext("size/height"))})
+        for obj in root.iter("object"):
+            box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            w, h = box[2] - box[0], box[3] - box[1]
+            split["annotations"].append({"id": len(split["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                                         "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
+    overrides = ["data.synthetic=null", "data.format=coco"]
+    for name, coco in splits.items():
+        coco["categories"] = [{"id": 1, "name": "kangaroo"}]
+        (out / f"kangaroo_{name}.json").write_text(json.dumps(coco))
+        overrides += [f"data.{name}.images={source / 'images'}", f"data.{name}.labels={out / f'kangaroo_{name}.json'}"]
+    print(f"kangaroo: {len(splits['train']['images'])} train / {len(splits['val']['images'])} val images, "
+          f"{len(splits['train']['annotations'])} / {len(splits['val']['annotations'])} boxes", flush=True)
+    return overrides
 
 
 def map_at(history: list[dict], epoch: int) -> float | None:
@@ -301,6 +379,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per side (1: on a shared 2-core machine, 2 threads slow a step 5-30x)")
     parser.add_argument("--sides", default="hftrain,minimal")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the two sides of a seed at the same time (each on --threads threads): same machine load")
+    parser.add_argument("--dataset", choices=["shapes", "kangaroo"], default="shapes",
+                        help="kangaroo: the real VOC-XML dataset in --kangaroo, converted to COCO files for both sides")
+    parser.add_argument("--kangaroo", default=str(ROOT.parent / "shared" / "datasets" / "kangaroo"))
+    parser.add_argument("--size", type=int, default=192, help="square image size for --dataset kangaroo")
+    parser.add_argument("--override", action="append", default=[], help="a recipe override for both sides (repeatable)")
     parser.add_argument("--full", action="store_true", help="5 seeds")
     parser.add_argument("--json", default=None)
     parser.add_argument("--minimal-worker", action="store_true", help=argparse.SUPPRESS)
@@ -315,10 +400,17 @@ def main() -> None:
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:  # one process at a time, sides alternating
-            for side in sides:
-                run = (run_hftrain if side == "hftrain" else run_minimal)(
-                    Path(args.recipe), seed, args.epochs, args.eval_interval, args.threads, Path(tmp), args.stop_epoch)
+        overrides = list(args.override)
+        if args.dataset == "kangaroo":
+            overrides = kangaroo_coco(Path(args.kangaroo), Path(tmp)) + [f"data.min_size={args.size}",
+                                                                         f"data.max_size={args.size}", *overrides]
+        else:  # the demo data, generated once before the sides start
+            from hftrain.data.loader import materialise_synthetic
+            from hftrain.recipe import load_recipe
+
+            materialise_synthetic(load_recipe(args.recipe, overrides).data)
+        for seed in seeds:
+            for side, run in run_seed(sides, args.parallel, seed, args, Path(tmp), overrides).items():
                 runs[side].append(run)
 
     last = args.stop_epoch or args.epochs

@@ -429,7 +429,7 @@ def main() -> None:
     for side, side_runs in runs.items():
         summary[side]["map_equal_time"] = [map_at_time(r["history"], t_equal) for r in side_runs]
 
-    print(f"\nconvergence, {args.recipe}, seeds {seeds}, {args.epochs} epochs, {args.threads} threads, "
+    print(f"\nconvergence, {args.dataset} data, {args.recipe} model and settings, seeds {seeds}, {args.epochs} epochs, {args.threads} threads, "
           f"{time.perf_counter() - started:.0f} s in all")
     print(f"{'side':10s} {'mAP ep' + str(mid):22s} {'mAP ep' + str(last):22s} {f'mAP @ {t_equal:.0f}s train':22s} {'s/step':>7s}")
     for side, s in summary.items():
@@ -448,11 +448,11 @@ def main() -> None:
             mean = lambda v: statistics.fmean([x for x in v if x is not None]) if any(x is not None for x in v) else None  # noqa: E731
             note = (f"{len(seeds)} seeds, mean (min-max) hftrain {spread(h['map_mid'])}, minimal {spread(m['map_mid'])} at epoch "
                     f"{mid}; {spread(h['map_last'])} and {spread(m['map_last'])} at epoch {last} (schedule {args.epochs} epochs)")
-            rows.append(row("7 convergence", f"demo RT-DETR mAP after epoch {mid}", mean(h["map_mid"]), mean(m["map_mid"]),
+            rows.append(row("7 convergence", f"{args.dataset}: RT-DETR mAP after epoch {mid}", mean(h["map_mid"]), mean(m["map_mid"]),
                             "mAP", higher_is_better=True, target=">= 0.95x minimal", target_ratio=0.95, note=note,
                             extra={"hftrain": h, "minimal": m, "seeds": seeds}))
             if last != mid:
-                rows.append(row("7 convergence", f"demo RT-DETR mAP after epoch {last}", mean(h["map_last"]),
+                rows.append(row("7 convergence", f"{args.dataset}: RT-DETR mAP after epoch {last}", mean(h["map_last"]),
                                 mean(m["map_last"]), "mAP", higher_is_better=True, target=">= 0.95x minimal",
                                 target_ratio=0.95, note=note))
             rows.append(row("7 convergence", f"mAP at equal training time ({t_equal:.0f} s)", mean(h["map_equal_time"]),

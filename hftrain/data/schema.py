@@ -55,6 +55,17 @@ def class_names_of(dataset: datasets.Dataset) -> list[str]:
     return list(dataset.features["objects"].feature["category"].names)
 
 
+def objects_of(row: dict) -> list[dict]:
+    """A row's objects as a list of per-object dicts, whether stored as a list of dicts or as
+    the Hub's dict of lists (``{"bbox": [...], "category": [...], ...}``)."""
+    objects = row["objects"]
+    if isinstance(objects, dict):
+        keys = list(objects)
+        count = len(objects[keys[0]]) if keys else 0
+        return [{key: objects[key][i] for key in keys} for i in range(count)]
+    return list(objects)
+
+
 def check_schema(dataset: datasets.Dataset, where: str) -> None:
     """Raise ValueError naming ``where`` and the first missing or mistyped column."""
     features = dataset.features

@@ -181,10 +181,9 @@ def finish(run: Run, metrics: dict, exit_code: bool) -> dict | int:
     if run.health.guard.summary():  # non-finite steps: where the report is
         run.log.print(run.health.guard.summary())
     run.accelerator.wait_for_everyone()
-    if run.accelerator.is_main_process:
-        model_dir = Path(run.recipe.output_dir) / "model"
-        checkpoints.save_pretrained_dir(run.export, model_dir, {"epoch": run.state.epoch, "metrics": metrics})
-        run.log.print(f"saved {model_dir} (load with AutoModelForObjectDetection.from_pretrained)")
+    model_dir = Path(run.recipe.output_dir) / "model"  # written by the main process; a failure stops every process
+    checkpoints.save_on_main(run.accelerator, run.export, model_dir, {"epoch": run.state.epoch, "metrics": metrics})
+    run.log.print(f"saved {model_dir} (load with AutoModelForObjectDetection.from_pretrained)")
     run.pictures.close()  # wait for the queued pictures
     run.accelerator.end_training()
     return 0 if exit_code else metrics
@@ -239,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     except checkpoints.RunDirInUse as err:
         print(f"hftrain train: {err}", file=sys.stderr)
         return 2
+    except checkpoints.CheckpointWriteError as err:  # raised on every process; the previous checkpoint is intact
+        if PartialState().is_main_process:
+            print(f"hftrain train: stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ Nothing is unpickled freely: weights load from safetensors, everything else with
 
 ``best/`` and ``model/`` hold ``save_pretrained`` weights plus the image processor: loadable with
 ``AutoModelForObjectDetection.from_pretrained`` and ``pipeline("object-detection", ...)``.
+
+A write that fails part-way (no space left, a file-size limit, a permission error, a network
+filesystem going away) raises :class:`CheckpointWriteError` on every process, with one line
+naming what failed and where: the processes agree on the failure (so none waits forever for a
+process that gave up), the half-written ``.partial`` folder is removed, and the previous
+checkpoint, ``best/`` and ``model/`` stay as they were. Every file is fsynced before the rename.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from hftrain.health import faults
 
@@ -47,6 +54,65 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (incomplete, corrupted, or unsafe to load)."""
 
 
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+"""What a failed write raises: OSError (open, write, rename), RuntimeError (torch.save's zip writer),
+SafetensorError (safetensors' writer)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint, ``best/`` or ``model/`` failed (on any process); the previous one is intact."""
+
+
+def describe_write_failure(what: str, where: Path, err: BaseException) -> str:
+    """One line: what failed, where, why, the free space there, and what was kept."""
+    reason = " ".join(str(err).split())[:300] or type(err).__name__
+    where = Path(getattr(err, "filename", None) or _last_written(where))
+    try:
+        free = f"{shutil.disk_usage(_existing_parent(where)).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"writing {what} failed at {where}: {type(err).__name__}: {reason} ({free})"
+
+
+def _last_written(folder: Path) -> Path:
+    """The file written last in ``folder`` (the one a failed save was writing), else ``folder``."""
+    try:
+        files = [p for p in Path(folder).rglob("*") if p.is_file()]
+        return max(files, key=lambda p: p.stat().st_mtime_ns) if files else Path(folder)
+    except OSError:
+        return Path(folder)
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def agree_on_failure(accelerator, failure: str | None) -> str | None:
+    """Every process's failure message (None: it succeeded) -> the first one, on every process.
+    A collective: all processes must call it (one process failing alone would leave the others
+    waiting at the next barrier forever)."""
+    if accelerator.num_processes == 1:
+        return failure
+    from accelerate.utils import gather_object
+
+    failures = [f for f in gather_object([failure]) if f]
+    return failures[0] if failures else None
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folder entries to the storage device."""
+    for path in sorted(Path(folder).rglob("*"), reverse=True) + [Path(folder)]:
+        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -61,29 +127,58 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: int, ema=None) -> Path:
     """Save the full training state (called on every process); ``state`` goes to trainer_state.json,
-    ``ema`` (an ``hftrain.engine.ema.ModelEma``, the same on every process) to ema.pt."""
+    ``ema`` (an ``hftrain.engine.ema.ModelEma``, the same on every process) to ema.pt. A failed
+    write raises :class:`CheckpointWriteError` on every process and leaves the previous checkpoint."""
     final = checkpoint_dir(run_dir) / f"step_{state['step']:08d}"
     partial = final.with_name(final.name + ".partial")
+    failure = None
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    try:
+        faults.limit_file_size(state["step"])
+        accelerator.save_state(str(partial))  # weights/optimizer on the main process, RNG states on each
+    except WRITE_ERRORS as err:  # torch.save reports a failed write as a RuntimeError
+        failure = describe_write_failure(f"checkpoint step {state['step']}", partial, err)
+    failure = agree_on_failure(accelerator, failure)
+    if failure is None and accelerator.is_main_process:
+        try:
+            torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
+            if ema is not None:
+                torch.save(ema.state_dict(), partial / EMA_FILE)
+            (partial / STATE_FILE).write_text(json.dumps(state))
+            files = sorted(p for p in partial.iterdir() if p.is_file())
+            manifest = {"step": state["step"], "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+            (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+            fsync_tree(partial)
+            faults.kill_during_save(state["step"])
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            _fsync_dir(final.parent)
+        except WRITE_ERRORS as err:
+            failure = describe_write_failure(f"checkpoint step {state['step']}", partial, err)
+    failure = agree_on_failure(accelerator, failure)
+    if failure is not None:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # never leave a half-written checkpoint behind
+        accelerator.wait_for_everyone()
+        kept = complete_checkpoints(run_dir)
+        raise CheckpointWriteError(f"{failure}; " + (f"the previous checkpoint {kept[-1]} is intact (--resume continues "
+                                   "from it)" if kept else "no earlier checkpoint exists"))
     if accelerator.is_main_process:
-        torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
-        if ema is not None:
-            torch.save(ema.state_dict(), partial / EMA_FILE)
-        (partial / STATE_FILE).write_text(json.dumps(state))
-        files = sorted(p for p in partial.iterdir() if p.is_file())
-        manifest = {"step": state["step"], "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
-        (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        faults.kill_during_save(state["step"])
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
         for old in complete_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -168,15 +263,46 @@ def read_state(checkpoint: Path) -> dict:
 
 
 def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> None:
-    """Write the detector's weights and image processor (``Detector.save``) to ``target`` atomically."""
+    """Write the detector's weights and image processor (``Detector.save``) to ``target`` atomically:
+    into ``<target>.partial``, fsynced, then swapped in (the old folder moves to ``<target>.old``
+    and is removed after the rename). A failed write removes the partial folder, leaves ``target``
+    as it was and raises :class:`CheckpointWriteError` (one line: what, where, why)."""
     target = Path(target)
     partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    detector.save(partial)
-    if extra is not None:
-        (partial / "hftrain_info.json").write_text(json.dumps(extra, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    old = target.with_name(target.name + ".old")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        detector.save(partial)
+        if extra is not None:
+            (partial / "hftrain_info.json").write_text(json.dumps(extra, indent=2))
+        fsync_tree(partial)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(partial, target)
+        _fsync_dir(target.parent)
+    except WRITE_ERRORS as err:
+        message = describe_write_failure(f"{target.name}/", partial, err) + f"; {target} was left as it was"
+        shutil.rmtree(partial, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # the swap itself failed: put the good folder back
+        raise CheckpointWriteError(message) from err
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_on_main(accelerator, detector, target: Path, extra: dict | None = None) -> None:
+    """:func:`save_pretrained_dir` on the main process (every process calls this); a failure
+    raises :class:`CheckpointWriteError` on every process instead of leaving them waiting."""
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            save_pretrained_dir(detector, target, extra)
+        except CheckpointWriteError as err:
+            failure = str(err)
+    failure = agree_on_failure(accelerator, failure)
+    accelerator.wait_for_everyone()
+    if failure is not None:
+        raise CheckpointWriteError(failure)
 
 
 class RunDirInUse(RuntimeError):

@@ -65,11 +65,9 @@ def update_best(run, metrics: dict, export, epoch: int) -> None:
     value = metrics[key]
     better = best is None or (value > best if run.recipe.checkpoint.best_mode == "max" else value < best)
     run_dir = Path(run.recipe.output_dir)
-    if better and run.accelerator.is_main_process:
-        checkpoints.save_pretrained_dir(export, run_dir / "best", {"epoch": epoch, key: value, "metrics": metrics})
+    if better:  # written by the main process; a failed write stops every process, the previous best/ intact
+        checkpoints.save_on_main(run.accelerator, export, run_dir / "best", {"epoch": epoch, key: value, "metrics": metrics})
         run.log.print(f"new best {key} {value:.4f} at epoch {epoch}: {run_dir / 'best'}")
-    run.accelerator.wait_for_everyone()
-    if better:
         run.state.best = value
 
 

@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from hftrain.data.loader import load_data, make_eval_loader, make_train_loader, materialise_synthetic
 from hftrain.engine import checkpoints
-from hftrain.engine.accelerator import cpu_threads, make_accelerator, use_cpu
+from hftrain.engine.accelerator import cpu_threads, make_accelerator, speed_settings, use_cpu
 from hftrain.engine.batching import MicroBatching
 from hftrain.engine.ema import ModelEma
 from hftrain.engine.evaluation import evaluate_epoch
@@ -71,6 +71,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     install_injection(detector.model)  # HFTRAIN_TEST_OOM_ABOVE: tests provoke out-of-memory errors on a CPU
     configure_processor(detector, recipe.data)
     accelerator = make_accelerator(recipe, detector.find_unused_parameters)
+    speed = speed_settings(recipe, accelerator.device)  # precision.tf32, cuda.cudnn_benchmark (CUDA only)
     memory = CudaMemory(recipe.cuda, accelerator.device)
     memory.limit_memory()  # cuda.memory_fraction: this process's share of its GPU
     set_seed(recipe.train.seed, device_specific=True)  # augmentation differs per process
@@ -78,7 +79,9 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     if recipe.train.batch_size == "auto":  # probe the largest micro-batch that fits; accumulation makes up the rest
         probe = Normalize(detector.image_mean, detector.image_std, accelerator.device)
         recipe = resolve_auto_batch(recipe, detector, data.train, accelerator,
-                                    lambda batch: model_inputs(batch, probe, detector.uses_pixel_mask), log)
+                                    lambda batch: model_inputs(batch, probe, detector.uses_pixel_mask), log,
+                                    lambda model: build_optimizer(model, detector.backbone_prefixes, recipe.optim,
+                                                                  accelerator.device.type))
     if accelerator.is_main_process:
         save_recipe(recipe, Path(recipe.output_dir) / "recipe.yaml")
     if accelerator.log_with:
@@ -86,7 +89,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
-               + [("memory", run.health.view.header(recipe.cuda.memory_fraction))])
+               + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
     log.print(*data.notes)
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
@@ -103,7 +106,9 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
     accelerator.gradient_accumulation_steps = accum
     train_loader = make_train_loader(data, per_device, recipe.data, seed, detector)
     val_loader = make_eval_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, seed, detector)
-    optimizer = build_optimizer(detector.model, detector.backbone_prefixes, recipe.optim)
+    if recipe.cuda.channels_last:  # cuda.channels_last: 4-D weights in NHWC order (convolutions follow them)
+        detector.model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(detector.model, detector.backbone_prefixes, recipe.optim, accelerator.device.type)
     model, optimizer, train_loader, val_loader = accelerator.prepare(detector.model, optimizer, train_loader, val_loader)
     count = lambda size: len(make_train_loader(data, size, recipe.data, seed, detector))  # noqa: E731
     total_steps = sum(phase_steps(phase, len(train_loader), per_device, accelerator.num_processes, count)

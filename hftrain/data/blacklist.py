@@ -119,9 +119,12 @@ def scan_images(items: list[ScanItem], workers: int = 1, min_side: int = 1,
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = [pair for chunk in pool.map(_check_chunk, chunks) for pair in chunk]
     blacklist = {key: reason for key, reason in results if reason is not None}
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(blacklist, indent=1, sort_keys=True))
+    if out is not None:  # written whole and renamed: a reader never sees half a file
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(blacklist, indent=1, sort_keys=True))
+        os.replace(temporary, out)
     return blacklist
 
 

@@ -175,7 +175,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, scan_workers=max(1, data_cfg.num_workers),
         )
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)

@@ -11,7 +11,8 @@ processes converting the same split at once all end with one complete copy.
 
 ``blacklist`` filters rows: a JSON file written by ``hftrain scan``, or ``"auto"``, which scans
 the split once (``scan_workers`` processes) and keeps the result in the cache folder under the
-same key; the number of rows removed goes into ``LoadedSplit.notes``.
+same key; the number of rows removed goes into ``LoadedSplit.notes``. Under several processes
+(``accelerate launch``) the local main process scans first and the others read its result.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +164,19 @@ def _save_atomically(dataset, report, root, fmt, target: Path, sources: dict) ->
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+@contextmanager
+def local_main_process_first():
+    """Accelerate's ``local_main_process_first`` when processes were started (by ``accelerate
+    launch``/torchrun and ``PartialState`` initialised); nothing otherwise."""
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state and PartialState().num_processes > 1:
+        with PartialState().local_main_process_first():
+            yield
+    else:
+        yield
+
+
 def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key, cache_dir, scan_workers,
                       min_side, report):
     from hftrain.data.blacklist import apply_blacklist, load_blacklist, scan_images, scan_items
@@ -172,12 +187,13 @@ def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, ke
                 else [Path(images) / name for name in ("hftrain_dataset.json", "state.json")]
             key = cache_key(fmt, images, labels, options, files)
         path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"blacklist-{fmt}-{key}-min{min_side}.json"
-        if path.is_file():
-            entries = load_blacklist(path)
-            how = f"cached scan {path}"
-        else:
-            entries = scan_images(scan_items(dataset, root), workers=scan_workers, min_side=min_side, out=path)
-            how = f"scanned {len(dataset)} images with {scan_workers} workers, saved {path}"
+        with local_main_process_first():  # one scan per machine; the other processes read its result
+            if path.is_file():
+                entries = load_blacklist(path)
+                how = f"cached scan {path}"
+            else:
+                entries = scan_images(scan_items(dataset, root), workers=scan_workers, min_side=min_side, out=path)
+                how = f"scanned {len(dataset)} images with {scan_workers} workers, saved {path}"
     else:
         path = Path(blacklist)
         entries = load_blacklist(path)

@@ -34,6 +34,49 @@ def cpu_threads(configured: int | None) -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def fixed_input_size(data_cfg) -> bool:
+    """Every training batch has the same image shape: square resize, no scale jitter."""
+    return data_cfg.resize == "square" and data_cfg.augment.scale_jitter == 0
+
+
+def apply_tf32(enabled: bool, capability: tuple[int, int] | None) -> str:
+    """``precision.tf32`` on a CUDA device of ``capability`` (None: no CUDA device); the header's words."""
+    if capability is None:
+        return "n/a (no CUDA device)"
+    if capability < (8, 0):
+        return f"n/a (compute capability {capability[0]}.{capability[1]} < 8.0 has no TF32)"
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return "on (fp32 matmul and convolutions in TF32)" if enabled else "off (full fp32 products)"
+
+
+def apply_cudnn_benchmark(setting: bool | str, data_cfg, on_cuda: bool) -> str:
+    """``cuda.cudnn_benchmark`` (auto: when every batch has the same shape); the header's words."""
+    enabled = fixed_input_size(data_cfg) if setting == "auto" else bool(setting)
+    if not on_cuda:
+        return "n/a (no CUDA device)"
+    torch.backends.cudnn.benchmark = enabled
+    why = (" (auto: fixed input size)" if enabled else " (auto: input sizes vary)") if setting == "auto" else ""
+    return ("on" if enabled else "off") + why
+
+
+def speed_settings(recipe, device: torch.device) -> list[tuple[str, str]]:
+    """Apply the recipe's GPU speed switches (TF32, cuDNN benchmark) for ``device``; the header rows
+    of all of them (fused optimizer, channels-last and compile act where the optimizer and model are made)."""
+    from hftrain.engine.optim import use_fused
+
+    on_cuda = device.type == "cuda"
+    capability = torch.cuda.get_device_capability(device) if on_cuda else None
+    fused = use_fused(recipe.optim.fused, device.type)
+    return [
+        ("tf32", apply_tf32(recipe.precision.tf32, capability)),
+        ("cudnn benchmark", apply_cudnn_benchmark(recipe.cuda.cudnn_benchmark, recipe.data, on_cuda)),
+        ("optimizer kernel", f"{'fused' if fused else 'for-each'} (optim.fused: {recipe.optim.fused})"),
+        ("channels last", "on" if recipe.cuda.channels_last else "off"),
+        ("compile", "torch.compile (inductor)" if recipe.train.compile else "off"),
+    ]
+
+
 def make_accelerator(recipe, find_unused_parameters: bool) -> Accelerator:
     run_dir = Path(recipe.output_dir)
     log_with = None
@@ -52,4 +95,5 @@ def make_accelerator(recipe, find_unused_parameters: bool) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),  # pinned batches: async copies
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        dynamo_backend="inductor" if recipe.train.compile else "no",  # train.compile: prepare() compiles the model
     )

@@ -40,13 +40,25 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 """``optim.name`` -> optimizer class. Adam adds weight decay to the gradient (L2); AdamW decouples it."""
 
 
-def build_optimizer(model: nn.Module, backbone_prefixes: tuple[str, ...], cfg) -> torch.optim.Optimizer:
-    """``cfg.name`` (AdamW or Adam) over :func:`param_groups` with the recipe's optim section ``cfg``."""
+def use_fused(setting: bool | str, device_type: str) -> bool:
+    """``optim.fused``: auto -> the fused kernel on CUDA (one launch for every tensor of a group
+    instead of several per tensor), the default for-each implementation elsewhere."""
+    if setting == "auto":
+        return device_type == "cuda"
+    return bool(setting)
+
+
+def build_optimizer(model: nn.Module, backbone_prefixes: tuple[str, ...], cfg,
+                    device_type: str = "cpu") -> torch.optim.Optimizer:
+    """``cfg.name`` (AdamW or Adam) over :func:`param_groups` with the recipe's optim section ``cfg``;
+    fused (:func:`use_fused`) for the device type the model trains on (``accelerator.device.type``;
+    the parameters may still be on the CPU, ``accelerator.prepare`` moves them in place)."""
     groups = param_groups(model, backbone_prefixes, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     name = getattr(cfg, "name", "adamw")
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name: unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    fused = use_fused(getattr(cfg, "fused", "auto"), device_type)
+    return OPTIMIZERS[name](groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True if fused else None)
 
 
 def lr_factor(step: int, cfg, peak_lr: float, total_steps: int, steps_per_epoch: int) -> float:

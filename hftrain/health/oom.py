@@ -13,11 +13,15 @@ groups at a different batch size. Under several processes an OOM on one process 
 recovered without the others (they wait in the gradient all-reduce), so there the error is
 re-raised with advice; ``train.batch_size: auto`` is the multi-process answer.
 
-``train.batch_size: auto``: before training, a few forward/backward probe steps on real training
-samples padded to the largest canvas the recipe can produce find the largest micro-batch that fits
-(the divisors of ``train.effective_batch / processes``, largest first); accumulation makes up the
-rest. Weights, buffers and random states are left as they were; the smallest choice over the
-processes wins.
+``train.batch_size: auto``: before training, a few probe steps on real training samples padded
+to the largest canvas the recipe can produce find the largest micro-batch that fits (the divisors
+of ``train.effective_batch / processes``, largest first); accumulation makes up the rest. Each
+probe step is a whole training step: forward, backward and a step of the run's own optimizer (so
+its state, two moments per weight for Adam, is allocated as in training), with the other memory a
+real step holds kept allocated beside it: the EMA copy of the weights (``ema.enabled``) and,
+under several processes, DDP's gradient buckets (about one more copy of the gradients). Weights,
+buffers and random states are restored afterwards; the smallest choice over the processes wins
+(every process takes it).
 
 Test hook (not a recipe field): ``HFTRAIN_TEST_OOM_ABOVE=N`` (or ``N@K``) makes every training-mode
 forward with more than N images raise ``torch.OutOfMemoryError`` (from the K-th forward call on),
@@ -84,8 +88,20 @@ def pad_to(batch: dict, height: int, width: int) -> dict:
     return {**batch, "pixel_values": F.pad(batch["pixel_values"], pad), "pixel_mask": F.pad(batch["pixel_mask"], pad)}
 
 
-def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
-    """The recipe with ``train.batch_size`` and ``gradient_accumulation_steps`` set by probing."""
+def reserve_training_memory(model: torch.nn.Module, ema: bool, ddp: bool) -> list[torch.Tensor]:
+    """Tensors as large as what training holds beside the model, its gradients and the optimizer
+    state: the EMA copy of weights and buffers, and DDP's gradient buckets (one gradient copy)."""
+    reserved = []
+    if ema:
+        reserved += [torch.empty_like(t) for t in model.state_dict().values() if t.is_floating_point()]
+    if ddp:
+        reserved += [torch.empty_like(p) for p in model.parameters() if p.requires_grad]
+    return reserved
+
+
+def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log, make_optimizer=None):
+    """The recipe with ``train.batch_size`` and ``gradient_accumulation_steps`` set by probing.
+    ``make_optimizer(model)`` builds the run's optimizer (a throwaway one, stepped by the probe)."""
     from hftrain.data.collate import Collate, unpack_labels
 
     target = recipe.train.effective_batch
@@ -98,8 +114,10 @@ def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
     model = detector.model.to(accelerator.device)
     collate = Collate(normalize_by_canvas=not detector.uses_pixel_mask, pad_to_multiple=detector.pad_to_multiple)
     canvas = worst_canvas(recipe.data, detector.pad_to_multiple)
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    saved = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}  # weights and buffers
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    optimizer = make_optimizer(model) if make_optimizer is not None else None
+    reserved = reserve_training_memory(model, ema=recipe.ema.enabled, ddp=processes > 1)
     chosen = 0
     with torch.random.fork_rng(devices=devices):
         for size in candidates:
@@ -114,17 +132,21 @@ def resolve_auto_batch(recipe, detector, dataset, accelerator, inputs_fn, log):
                     with accelerator.autocast():
                         loss = model(**inputs, labels=labels).loss
                     loss.backward()
-                    model.zero_grad(set_to_none=True)
                     del loss
+                    if optimizer is not None:  # allocates the optimizer state, as the first real step does
+                        optimizer.step()
+                    model.zero_grad(set_to_none=True)
                 chosen = size
                 break
             except torch.OutOfMemoryError as err:
                 model.zero_grad(set_to_none=True)
                 free_memory()
                 log.print(f"[oom] batch_size auto: {size} does not fit ({str(err).splitlines()[0][:120]})")
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
+    del optimizer, reserved
+    with torch.no_grad():  # the probe's optimizer steps changed the weights: put them back
+        model.load_state_dict(saved)
+    del saved
+    free_memory()
     found = torch.tensor([chosen], device=accelerator.device)
     if processes > 1:
         found = accelerator.gather(found)

@@ -126,7 +126,9 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     """Fraction of images that may fail to decode during training before the run stops."""
     blacklist: str | None = None
-    """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
+    """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out. auto: every image
+    is decoded once, with ``num_workers`` processes, by the main process of each machine (the others
+    wait and read its result), and the result is cached under ``cache_dir`` (or ~/.cache/hftrain)."""
     cache_dir: str | None = None
     """Where converted datasets (and the ``auto`` blacklist) are cached; null converts every run."""
     modality: Literal["rgb", "event"] = "rgb"
@@ -172,6 +174,9 @@ class OptimConfig:
     """AdamW betas."""
     eps: float = 1e-8
     """AdamW epsilon."""
+    fused: bool | Literal["auto"] = "auto"
+    """The fused (single-kernel) implementation of AdamW/Adam: auto uses it on CUDA devices and the
+    default (for-each) one elsewhere; true forces it (CPU has one too), false never."""
 
 
 @dataclass
@@ -211,6 +216,10 @@ class TrainConfig:
     leaves a lone CPU process on one core)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (for smoke tests); null trains all epochs."""
+    compile: bool = False
+    """Compile the model with ``torch.compile`` (Accelerate's ``dynamo_backend: inductor``). Off by
+    default: untested on GPU here, and images of varying sizes (resize: shortest_edge) recompile;
+    see the README for the families that compiled on CPU."""
 
 
 @dataclass
@@ -239,6 +248,11 @@ class PrecisionConfig:
     """auto: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
     fp32_criterion: bool = True
     """Run the loss and Hungarian matching in fp32 (autocast off)."""
+    tf32: bool = True
+    """On CUDA devices of compute capability 8.0 and newer (Ampere, Hopper...): fp32 matrix products and
+    convolutions use TF32 tensor cores (``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32``); about 10 mantissa bits in the products, fp32 accumulation.
+    false keeps full fp32 products. Nothing changes on a CPU."""
 
 
 @dataclass
@@ -339,6 +353,13 @@ class CudaConfig:
     (``torch.cuda.set_per_process_memory_fraction``); null: no cap."""
     empty_cache_every: int | None = None
     """Call ``torch.cuda.empty_cache()`` after every this many micro-batches of an epoch; null: never."""
+    cudnn_benchmark: bool | Literal["auto"] = "auto"
+    """``torch.backends.cudnn.benchmark``: cuDNN times its convolution algorithms for each new input shape
+    and keeps the fastest. auto: on when every batch has the same shape (data.resize: square without
+    scale jitter or multi-scale augmentation), off otherwise (each new shape would be timed again)."""
+    channels_last: bool = False
+    """Store the model's 4-D weights (and feed images) in channels-last memory order, which tensor-core
+    convolutions prefer. Off by default: its gain for these detectors has not been measured (no GPU here)."""
 
 
 @dataclass

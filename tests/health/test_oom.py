@@ -100,3 +100,55 @@ def test_batch_size_auto_probes_the_largest_micro_batch_that_fits(shapes_dir, tm
     fresh = train_mod.build_model(load_recipe(tmp_path / "r.yaml").model, ["rectangle", "ellipse", "triangle"])
     for key, value in fresh.model.state_dict().items():
         assert torch.equal(before[key], value), key
+
+
+def test_batch_size_auto_steps_the_optimizer_and_reserves_the_ema_and_ddp_copies(shapes_dir, monkeypatch):
+    """An out-of-memory error that only the optimizer step meets (Adam allocates its two moments per
+    weight there) must make the probe choose a smaller micro-batch; the weights come back unchanged."""
+    from accelerate import Accelerator
+
+    from hftrain.data.loader import load_data
+    from hftrain.engine.optim import build_optimizer
+    from hftrain.health.oom import reserve_training_memory, resolve_auto_batch
+    from hftrain.models.inputs import Normalize, model_inputs
+    from hftrain.models.registry import build_model
+    from hftrain.models.tiny import tiny_config
+    from hftrain.recipe.schema import DataConfig, ModelConfig, Recipe, SplitConfig, TrainConfig
+
+    data_cfg = DataConfig(train=SplitConfig(images=str(shapes_dir / "train"), labels=str(shapes_dir / "train.json")),
+                          val=SplitConfig(images=str(shapes_dir / "val"), labels=str(shapes_dir / "val.json")),
+                          min_size=64, max_size=64, num_workers=0)
+    recipe = Recipe(model=ModelConfig(name="rt_detr", config=tiny_config("rt_detr")), data=data_cfg,
+                    train=TrainConfig(batch_size="auto", effective_batch=8))
+    data = load_data(data_cfg)
+    detector = build_model(recipe.model, data.class_names)
+    forwarded = []
+    detector.model.register_forward_pre_hook(lambda module, args, kwargs: forwarded.append(kwargs["pixel_values"].shape[0]),
+                                             with_kwargs=True)
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):  # the moments of more than 2 images' worth of activations do not fit
+        if forwarded[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test: the optimizer state)")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    before = {k: v.clone() for k, v in detector.model.state_dict().items()}
+    accelerator = Accelerator(cpu=True)
+    normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
+    lines = []
+    chosen = resolve_auto_batch(recipe, detector, data.train, accelerator,
+                                lambda batch: model_inputs(batch, normalize, detector.uses_pixel_mask),
+                                type("Log", (), {"print": lambda self, *text: lines.extend(text)})(),
+                                lambda model: build_optimizer(model, detector.backbone_prefixes, recipe.optim))
+    assert (chosen.train.batch_size, chosen.train.gradient_accumulation_steps) == (2, 4), lines
+    assert any("4 does not fit" in line and "optimizer state" in line for line in lines)
+    after = detector.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the probe's optimizer steps were undone
+
+    model = detector.model
+    floats = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(t.numel() for t in reserve_training_memory(model, ema=True, ddp=False)) == floats
+    assert sum(t.numel() for t in reserve_training_memory(model, ema=False, ddp=True)) == trainable
+    assert reserve_training_memory(model, ema=False, ddp=False) == []

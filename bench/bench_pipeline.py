@@ -41,20 +41,22 @@ WIDTH, HEIGHT = 1280, 720
 MIN_SIZE, MAX_SIZE = 800, 1333
 
 
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
-    """``count`` 1280x720 JPEGs (smooth structure plus sensor-like noise) and a COCO label file."""
+def write_jpegs(folder: Path, count: int, seed: int = 0, width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """``count`` JPEGs of ``width`` x ``height`` (default 1280x720; smooth structure plus sensor-like
+    noise) and a COCO label file."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     images, annotations = [], []
+    scale = width / WIDTH
     for i in range(count):
-        base = Image.fromarray((rng.random((45, 80, 3)) * 255).astype(np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC)
-        pixels = np.asarray(base, dtype=np.int16) + rng.normal(0, 6, (HEIGHT, WIDTH, 3)).astype(np.int16)
+        base = Image.fromarray((rng.random((45, 80, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+        pixels = np.asarray(base, dtype=np.int16) + rng.normal(0, 6, (height, width, 3)).astype(np.int16)
         name = f"{i:05d}.jpg"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name, quality=85)
-        images.append({"id": i + 1, "file_name": name, "width": WIDTH, "height": HEIGHT})
+        images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
         for _ in range(20):
-            w, h = rng.uniform(10, 300), rng.uniform(10, 200)
-            x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
+            w, h = rng.uniform(10, 300) * scale, rng.uniform(10, 200) * scale
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(rng.integers(1, 11)),
                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
     labels = folder / "labels.json"
@@ -66,7 +68,7 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
 class HFExampleDataset(Dataset):
     """The Hugging Face example's per-sample path: PIL decode, then the image processor."""
 
-    def __init__(self, folder: Path, labels: Path):
+    def __init__(self, folder: Path, labels: Path, processor=None):
         from transformers.models.deformable_detr.image_processing_pil_deformable_detr import (
             DeformableDetrImageProcessorPil,
         )
@@ -77,7 +79,7 @@ class HFExampleDataset(Dataset):
         self.annotations: dict[int, list] = {}
         for ann in coco["annotations"]:
             self.annotations.setdefault(ann["image_id"], []).append(ann)
-        self.processor = DeformableDetrImageProcessorPil(size={"shortest_edge": MIN_SIZE, "longest_edge": MAX_SIZE})
+        self.processor = processor or DeformableDetrImageProcessorPil(size={"shortest_edge": MIN_SIZE, "longest_edge": MAX_SIZE})
 
     def __len__(self) -> int:
         return len(self.images)
@@ -87,13 +89,17 @@ class HFExampleDataset(Dataset):
         image = np.array(Image.open(self.folder / info["file_name"]).convert("RGB"))
         target = {"image_id": info["id"], "annotations": self.annotations.get(info["id"], [])}
         out = self.processor(images=image, annotations=target, return_tensors="pt")
-        return {"pixel_values": out["pixel_values"][0], "pixel_mask": out["pixel_mask"][0], "labels": out["labels"][0]}
+        sample = {"pixel_values": out["pixel_values"][0], "labels": out["labels"][0]}
+        if "pixel_mask" in out:  # RT-DETR's processor resizes to a fixed square: no mask
+            sample["pixel_mask"] = out["pixel_mask"][0]
+        return sample
 
 
 def hf_collate(batch: list[dict]) -> dict:
-    return {"pixel_values": torch.stack([x["pixel_values"] for x in batch]),
-            "pixel_mask": torch.stack([x["pixel_mask"] for x in batch]),
-            "labels": [x["labels"] for x in batch]}
+    collated = {"pixel_values": torch.stack([x["pixel_values"] for x in batch]), "labels": [x["labels"] for x in batch]}
+    if "pixel_mask" in batch[0]:
+        collated["pixel_mask"] = torch.stack([x["pixel_mask"] for x in batch])
+    return collated
 
 
 def our_loader(folder: Path, labels: Path, batch_size: int, workers: int):

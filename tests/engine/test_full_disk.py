@@ -29,6 +29,8 @@ def test_a_checkpoint_that_hits_a_full_disk_stops_the_run_and_keeps_the_previous
     proc = subprocess.run([sys.executable, "hftrain/train.py", str(path)], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HFTRAIN_TEST_FILE_SIZE_LIMIT": "4:200000"})
     assert proc.returncode == 3, proc.stderr[-3000:]
+    for row in ("tf32", "cudnn benchmark", "optimizer kernel", "channels last", "compile"):  # the GPU switches' header rows
+        assert f"\n{row}" in proc.stdout, proc.stdout[:3000]
     failed = [line for line in proc.stderr.splitlines() if "failed" in line]
     assert len(failed) == 1, proc.stderr[-3000:]  # one line: what, where, why, what was kept
     line = failed[0]

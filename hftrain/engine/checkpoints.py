@@ -162,9 +162,13 @@ def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: in
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)  # never leave a half-written checkpoint behind
         accelerator.wait_for_everyone()
-        kept = complete_checkpoints(run_dir)
-        raise CheckpointWriteError(f"{failure}; " + (f"the previous checkpoint {kept[-1]} is intact (--resume continues "
-                                   "from it)" if kept else "no earlier checkpoint exists"))
+        try:
+            kept = complete_checkpoints(run_dir)
+            previous = (f"the previous checkpoint {kept[-1]} is intact (--resume continues from it)" if kept
+                        else "no earlier checkpoint exists")
+        except (OSError, ValueError) as err:  # the filesystem itself went away
+            previous = f"the earlier checkpoints cannot be listed ({err})"
+        raise CheckpointWriteError(f"{failure}; {previous}")
     if accelerator.is_main_process:
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

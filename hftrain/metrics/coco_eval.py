@@ -1,7 +1,10 @@
 """COCO-style box evaluation of predictions against a dataset in the project's schema.
 
 The ground truth is built from the dataset rows (so every source format is evaluated the same
-way); crowd boxes are COCO ignore regions. Backends: pycocotools (the reference) or
+way); crowd boxes are COCO ignore regions, and so are VOC ``difficult`` boxes (mmdetection's
+VOC-to-COCO converter writes them with ``iscrowd: 1``): a detection on one counts neither as a hit
+nor as a false positive, and missing one costs nothing. The VOC metric (``voc_eval``) keeps its own
+difficult handling. Backends: pycocotools (the reference) or
 faster-coco-eval (same statistics, much faster).
 """
 
@@ -24,7 +27,8 @@ TABLE = (
 
 
 def ground_truth(rows, class_names: list[str]) -> dict:
-    """A COCO ground-truth dict from dataset rows (``image_id``, ``width``, ``height``, ``objects``)."""
+    """A COCO ground-truth dict from dataset rows (``image_id``, ``width``, ``height``, ``objects``);
+    crowd and difficult boxes become ``iscrowd: 1`` (ignore regions)."""
     images, annotations = [], []
     for row in rows:
         images.append({"id": int(row["image_id"]), "width": int(row["width"]), "height": int(row["height"])})
@@ -36,7 +40,7 @@ def ground_truth(rows, class_names: list[str]) -> dict:
                 "category_id": int(obj["category"]),
                 "bbox": [x, y, w, h],
                 "area": float(obj["area"]) if obj["area"] else w * h,
-                "iscrowd": int(obj["iscrowd"]),
+                "iscrowd": 1 if obj["iscrowd"] or obj.get("difficult", 0) else 0,
             })
     categories = [{"id": i, "name": name} for i, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}

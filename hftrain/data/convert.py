@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
-from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
+from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema, class_names_of
 
 FORMATS = ("coco", "voc", "bdd100k", "fred")
 REPORT_FILE = "report.json"
@@ -40,9 +40,17 @@ def convert_source(
     max_missing: float = 0.0,
     read_image_sizes: bool = False,
     check_files: bool = True,
+    class_names: list[str] | None = None,
 ) -> tuple[datasets.Dataset, ConversionReport, Path]:
-    """Read one source with its format's reader: (dataset, report, image root)."""
+    """Read one source with its format's reader: (dataset, report, image root).
+
+    VOC: without ``labels``, ``images`` is a VOCdevkit and ``sets`` are ``YEAR/SPLIT`` names; with
+    ``labels`` (a folder of XML files), ``images`` is the image folder and ``sets`` are optional list
+    files of image ids. ``class_names`` (VOC only) fixes the classes and their order."""
     images = Path(images)
+    if class_names and fmt != "voc":
+        raise DatasetError(f"{fmt}: class names (--classes / data.class_names) apply to voc only; "
+                           f"{fmt} names its classes in its label files")
     if fmt in ("coco", "bdd100k") and not labels:
         raise DatasetError(f"{fmt}: a label file is needed (--labels / data.<split>.labels)")
     if fmt in ("coco", "bdd100k") and sets:
@@ -56,10 +64,13 @@ def convert_source(
 
         dataset, report = read_bdd100k(images, labels, category_map, max_missing, check_files, read_image_sizes)
     elif fmt == "voc":
-        from hftrain.data.formats.voc import read_voc
+        from hftrain.data.formats.voc import read_voc, read_voc_folder
 
-        dataset, report = read_voc(labels or images, sets or ["2007/trainval"], category_map, max_missing, check_files)
-        images = Path(labels or images)
+        if labels:
+            dataset, report = read_voc_folder(images, labels, sets, class_names, category_map, max_missing, check_files)
+        else:
+            dataset, report = read_voc(images, sets or ["2007/trainval"], category_map, max_missing, check_files,
+                                       class_names)
     elif fmt == "fred":
         from hftrain.data.formats.fred import read_fred
 
@@ -77,7 +88,7 @@ def report_from_dict(data: dict) -> ConversionReport:
         dropped_boxes=Counter(data.get("dropped_boxes", {})),
         changed_boxes=Counter(data.get("changed_boxes", {})),
         dropped_images=Counter(data.get("dropped_images", {})),
-        examples=dict(data.get("examples", {})),
+        examples=dict(data.get("examples", {})), notes=list(data.get("notes", [])),
     )
 
 
@@ -176,11 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--images", required=True,
-                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), or FRED root with sequence folders")
-    parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; VOC: unused")
+                        help="image folder (coco, bdd100k, voc with --labels), VOCdevkit folder (voc without --labels), "
+                             "or FRED root with sequence folders")
+    parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; "
+                                         "VOC: the folder of XML files (LabelImg/CVAT/Roboflow), images in --images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", action="append", default=[],
-                        help="VOC YEAR/SPLIT (2007/trainval) or FRED split (canonical/train, or a split file); repeatable")
+                        help="VOCdevkit YEAR/SPLIT (2007/trainval), VOC folder: a file listing image ids (XML stems), "
+                             "or FRED split (canonical/train, or a split file); repeatable")
+    parser.add_argument("--classes", help="VOC: class names in order, comma-separated (default: the 20 PASCAL "
+                                          "classes for a VOCdevkit, the names found in the XML files sorted for a folder)")
     parser.add_argument("--subset", type=int, help="keep N random images")
     parser.add_argument("--seed", type=int, default=0, help="seed for --subset")
     parser.add_argument("--embed-images", action="store_true", help="store image bytes instead of paths")
@@ -212,11 +228,14 @@ def convert_main(argv: list[str]) -> int:
             print(f"hftrain convert: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
             return 2
         shutil.rmtree(out)
+    class_names = [name.strip() for name in args.classes.split(",")] if args.classes else None
+    if class_names and (not all(class_names) or len(set(class_names)) != len(class_names)):
+        parser.error(f"--classes {args.classes!r}: names must be non-empty and distinct")
     try:
         dataset, report, root = convert_source(
             args.format, args.images, args.labels, sets=args.split or None, modality=args.modality,
             drone_classes=args.drone_classes, category_map=category_map, max_missing=args.max_missing,
-            read_image_sizes=args.read_image_sizes,
+            read_image_sizes=args.read_image_sizes, class_names=class_names,
         )
     except (DatasetError, ValueError) as err:
         print(f"hftrain convert: {err}", file=sys.stderr)
@@ -225,9 +244,12 @@ def convert_main(argv: list[str]) -> int:
     if args.embed_images:
         dataset = embed_images(dataset, root)
     sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
-               "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes}
+               "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes,
+               "classes": class_names}
     save_converted(dataset, report, root, args.format, out, sources, embedded=args.embed_images)
     for line in report.lines():
         print(line)
     print(f"wrote {len(dataset)} images to {out} (report: {out / REPORT_FILE})")
+    names = class_names_of(dataset)
+    print(f"{len(names)} classes: {', '.join(names)}")
     return 0

@@ -16,6 +16,7 @@ from hftrain.data.decode import decode_for_size
 from hftrain.data import samplers
 from hftrain.data.epoch_sampler import EpochShuffle, split_key
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
+from hftrain.data.convert import take_subset
 from hftrain.data.sources import LoadedSplit, load_split
 from hftrain.data.ram_cache import RamCache, make_ram_caches
 from hftrain.data.transforms import Resize, flip_horizontal, prepare_image, resize_boxes
@@ -166,17 +167,25 @@ def materialise_synthetic(data_cfg):
 
 
 def load_data(data_cfg, seed: int = 0) -> DataBundle:
-    """Read both splits and wrap them as datasets; the class names come from the train split."""
-    loaded = {}
-    for name in ("train", "val"):
-        split = getattr(data_cfg, name)
-        loaded[name] = load_split(
+    """Read both splits and wrap them as datasets; the class names come from the train split.
+    With ``data.val.from_train`` the validation split is the part held out of the training split."""
+    def read(split, hold_out=None) -> LoadedSplit:
+        return load_split(
             data_cfg.format, split.images, split.labels,
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, class_names=data_cfg.class_names or None,
+            hold_out=hold_out,
         )
+
+    loaded = {"train": read(data_cfg.train, hold_out=data_cfg.val.from_train)}
+    if data_cfg.val.from_train:  # data.val.from_train: the validation images are held out of train
+        val = loaded["train"].held_out
+        val.dataset = take_subset(val.dataset, val.report, data_cfg.val.subset, data_cfg.seed)
+        loaded["val"] = val
+    else:
+        loaded["val"] = read(data_cfg.val)
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:

@@ -3,7 +3,8 @@
 Formats: ``coco``, ``voc``, ``bdd100k``, ``fred`` (converted on the fly) and ``hf`` (a folder
 written by ``hftrain convert``). With a ``cache_dir`` the converted dataset is cached there,
 keyed by the conversion options and by the path, size and modification time of every label
-file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs; FRED
+file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs, or for a
+VOC folder its list files, both folders and every XML in it; FRED
 split files and each sequence's YOLO label files or coordinates.txt). Touching a label file
 rebuilds the cache; image files are not part of the key (the blacklist scan is what checks
 them). Conversion caches are written to a temporary folder and renamed into place, so
@@ -12,6 +13,9 @@ processes converting the same split at once all end with one complete copy.
 ``blacklist`` filters rows: a JSON file written by ``hftrain scan``, or ``"auto"``, which scans
 the split once (``scan_workers`` processes) and keeps the result in the cache folder under the
 same key; the number of rows removed goes into ``LoadedSplit.notes``.
+
+``hold_out`` (``data.val.from_train``) holds a validation part out of the split
+(``hftrain.data.holdout``), chosen on the converted dataset before the blacklist and the subset.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class LoadedSplit:
     report: ConversionReport
     notes: list[str] = field(default_factory=list)
     """Lines for the console (blacklist filtering, cache use)."""
+    held_out: LoadedSplit | None = None
+    """``data.val.from_train``: the validation part held out of this split (its own report), or None."""
 
 
 def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: list[str] | None,
@@ -48,6 +54,11 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
     """The label files a conversion reads, whose path, size and mtime key its cache."""
     if fmt in ("coco", "bdd100k"):
         return [Path(labels)] if labels else []
+    if fmt == "voc" and labels:  # a folder of XML files beside an image folder
+        from hftrain.data.formats.voc import voc_folder_xmls
+
+        return [Path(f) for f in sets or []] + [Path(labels), Path(images)] + [
+            xml for xml, _ in voc_folder_xmls(labels)]
     if fmt == "voc":
         from hftrain.data.formats.voc import read_voc_ids, voc_set_files
 
@@ -98,6 +109,8 @@ def load_split(
     blacklist: str | None = None,
     scan_workers: int = 1,
     min_side: int = 1,
+    class_names: list[str] | None = None,
+    hold_out: float | None = None,
 ) -> LoadedSplit:
     """Read one split of a recipe.
 
@@ -106,6 +119,8 @@ def load_split(
     ``subset``/``seed``: keep a seeded random sample of rows (counted in the report).
     ``cache_dir``: cache conversions there (None: convert every time). ``blacklist``: a blacklist
     JSON path or ``"auto"`` (scans once; cached in ``cache_dir``, or ~/.cache/hftrain).
+    ``class_names``: VOC's classes in order. ``hold_out``: the fraction held out as
+    ``LoadedSplit.held_out`` (``data.val.from_train``), seeded by ``seed``.
     """
     from hftrain.data.convert import convert_source, load_converted, load_converted_report, take_subset
 
@@ -113,6 +128,7 @@ def load_split(
     options = {
         "sets": list(sets or []), "modality": modality, "drone_classes": drone_classes,
         "category_map": category_map or {}, "max_missing": max_missing, "read_image_sizes": read_image_sizes,
+        **({"class_names": list(class_names)} if class_names else {}),  # absent when unset: older cache keys stay valid
     }
     key = None
     if fmt == "hf":
@@ -122,6 +138,7 @@ def load_split(
         dataset, report, root = convert_source(
             fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
             category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
+            class_names=class_names,
         )
     else:
         key = cache_key(fmt, images, labels, options, source_files(fmt, images, labels, sets, modality))
@@ -132,18 +149,44 @@ def load_split(
             dataset, report, root = convert_source(
                 fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
                 category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
+                class_names=class_names,
             )
             _save_atomically(dataset, report, root, fmt, cached, {"images": str(images), "labels": labels, **options})
             notes.append(f"{fmt} {images}: converted and cached in {cached}")
         dataset, root = load_converted(cached)
         report = load_converted_report(cached)
 
+    held_out_keys = None
+    if hold_out is not None:  # chosen before the blacklist: a blacklist moves no image across
+        from hftrain.data.holdout import held_out_keys as choose
+
+        held_out_keys = choose(dataset, hold_out, seed)
     if blacklist:
         dataset, blacklist_note = _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key,
                                                     cache_dir, scan_workers, min_side, report)
         notes.append(blacklist_note)
+    held_out = None
+    if held_out_keys is not None:
+        dataset, held_out = _hold_out(dataset, Path(root), report, held_out_keys, hold_out, seed)
     dataset = take_subset(dataset, report, subset, seed)
-    return LoadedSplit(dataset, Path(root), report, notes)
+    return LoadedSplit(dataset, Path(root), report, notes, held_out)
+
+
+def _hold_out(dataset, root: Path, report: ConversionReport, keys: set[str], fraction: float,
+              seed: int) -> tuple[datasets.Dataset, LoadedSplit]:
+    """The rows kept for training and the held-out validation split, both reports counted."""
+    from hftrain.data.convert import count_boxes
+    from hftrain.data.holdout import split_by_keys
+
+    train, val = split_by_keys(dataset, keys)
+    how = f"data.val.from_train {fraction:g}, data.seed {seed}"
+    report.dropped_images[f"held out for validation ({how})"] += len(val)
+    report.images = len(train)
+    report.boxes, report.boxes_per_class = count_boxes(train)
+    val_report = ConversionReport(source=f"{report.source} [validation held out: {how}]", images=len(val))
+    val_report.boxes, val_report.boxes_per_class = count_boxes(val)
+    return train, LoadedSplit(val, root, val_report, [f"validation: {len(val)} images held out of "
+                                                      f"{len(train) + len(val)} training images ({how})"])
 
 
 def _save_atomically(dataset, report, root, fmt, target: Path, sources: dict) -> None:

@@ -24,13 +24,20 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     images: str | None = None
-    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    """Image directory (COCO, VOC folder, FRED root, VOCdevkit) or a converted dataset directory."""
     labels: str | None = None
-    """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
+    """Annotation file (COCO JSON, BDD100K JSON), or VOC's folder of XML files (LabelImg, CVAT, Roboflow:
+    then ``images`` is the image folder; without it ``images`` is a VOCdevkit)."""
     sets: list[str] = field(default_factory=list)
-    """Format-specific split names, e.g. VOC ``2007/trainval`` or a FRED split file."""
+    """Format-specific split names: VOCdevkit ``2007/trainval``; for a VOC folder (``labels`` set), files
+    listing the image ids (XML stems) of this split, one per line; a FRED split name or file."""
     subset: int | None = None
     """Use only this many images (a seeded random subset)."""
+    from_train: float | None = None
+    """data.val only: hold this fraction (in (0, 1)) of the training split's images out as the validation
+    split, for datasets without one; ``images``/``labels``/``sets`` stay unset. Chosen per image from its
+    path and ``data.seed`` (``hftrain.data.holdout``): the same in every run and process, before the
+    blacklist; the held-out images are never trained on. null: the validation split is read as given."""
 
 
 @dataclass
@@ -121,6 +128,12 @@ class DataConfig:
     """Pin host memory for faster copies to a CUDA device (ignored on CPU)."""
     category_map: dict[str, str | None] = field(default_factory=dict)
     """Rename source categories; a null value drops that category (counted)."""
+    class_names: list[str] = field(default_factory=list)
+    """VOC (both layouts): the classes, in this order; an object of another class is an error naming its
+    file (unless ``category_map`` renames or drops it). Empty: a VOC folder uses the names found in its
+    XML files sorted by name, a VOCdevkit the 20 PASCAL classes. The other formats name their classes in
+    their label files (COCO categories, BDD100K's list, FRED's drone classes, a converted dataset's
+    ClassLabel), so it does not apply to them."""
     max_missing: float = 0.0
     """Fraction of missing image files tolerated before loading fails."""
     max_bad_fraction: float = 0.01
@@ -136,7 +149,7 @@ class DataConfig:
     read_image_sizes: bool = False
     """BDD100K: read each image's size instead of assuming 1280 x 720."""
     seed: int = 0
-    """Seed for subsets."""
+    """Seed for subsets and for the images ``data.val.from_train`` holds out."""
     sampler: Literal["random", "repeat_factor"] = "random"
     """Training order: random (a seeded shuffle), or repeat_factor (LVIS class-balanced repeat factor
     sampling: an image repeats max over its classes of max(1, sqrt(repeat_threshold / f(c))) times per

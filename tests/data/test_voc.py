@@ -7,6 +7,7 @@ from PIL import Image
 
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.voc import VOC_CLASSES, parse_voc_set, read_voc
+from hftrain.data.schema import objects_of
 from helpers.fixtures_path import fixtures_dir
 
 DEVKIT = fixtures_dir() / "voc" / "VOCdevkit"
@@ -106,3 +107,24 @@ def test_missing_image_fails_past_max_missing(tmp_path):
         read_voc(devkit, ["2007/train"])
     dataset, report = read_voc(devkit, ["2007/train"], max_missing=1.0)
     assert len(dataset) == 0 and report.dropped_images == {"missing image file": 1}
+
+
+def test_devkit_image_is_jpegimages_id_not_filename(tmp_path):
+    # a.xml names b.jpg in <filename>: the devkit's image of a.xml is JPEGImages/a.jpg all the same
+    devkit = _devkit(tmp_path, [("a", "cat", 1, 5, (40, 20)), ("b", "dog", 10, 30, (40, 20))])
+    xml = devkit / "VOC2007" / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<filename>a.jpg</filename>", "<filename>b.jpg</filename>"))
+    dataset, report = read_voc(devkit, ["2007/train"])
+    rows = {r["voc_id"]: r for r in dataset}
+    assert rows["VOC2007/a"]["image"]["path"] == "VOC2007/JPEGImages/a.jpg"
+    assert rows["VOC2007/b"]["image"]["path"] == "VOC2007/JPEGImages/b.jpg"
+    assert [o["category"] for o in objects_of(rows["VOC2007/a"])] == [L["cat"]]
+    assert any("<filename>" in line and "1 " in line for line in report.lines())
+
+
+def test_non_numeric_difficult_names_the_file(tmp_path):
+    devkit = _devkit(tmp_path, [("a", "cat", 1, 5, (40, 20))])
+    xml = devkit / "VOC2007" / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>yes</difficult>"))
+    with pytest.raises(DatasetError, match=r"a\.xml object 0: <difficult> 'yes' is not a number"):
+        read_voc(devkit, ["2007/train"])

@@ -21,6 +21,9 @@ class ConversionReport:
     dropped_images: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     """Up to a few example entries per reason, so a user can find them."""
+    notes: list[str] = field(default_factory=list)
+    """Other facts a user should see, one line each (where the class names came from, images
+    found by a fallback rule and how many)."""
 
     def drop_box(self, reason: str, where: str) -> None:
         self.dropped_boxes[reason] += 1
@@ -49,6 +52,7 @@ class ConversionReport:
             "changed_boxes": dict(self.changed_boxes),
             "dropped_images": dict(self.dropped_images),
             "examples": self.examples,
+            "notes": self.notes,
         }
 
     def save(self, path: Path) -> None:
@@ -59,6 +63,7 @@ class ConversionReport:
         out = [f"{self.source}: {self.images} images, {self.boxes} boxes"]
         if self.boxes_per_class:
             out.append("  boxes per class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.boxes_per_class.items())))
+        out.extend(f"  {note}" for note in self.notes)
         for title, counter in (
             ("dropped images", self.dropped_images),
             ("dropped boxes", self.dropped_boxes),

@@ -332,6 +332,7 @@ def read_voc_folder(
         annotation = _parse_xml(xml_path, listed)
         file_name = os.path.basename((annotation.findtext("filename") or "").strip().replace("\\", "/"))
         candidates = index.get(stem, [])
+        fallback = False
         if len(candidates) > 1:
             if file_name not in candidates:
                 raise DatasetError(f"{xml_path}: several images are named {stem}.* ({', '.join(sorted(candidates))}) "
@@ -340,9 +341,7 @@ def read_voc_folder(
         elif candidates:
             name = candidates[0]
         elif file_name in by_name:
-            name = file_name
-            by_filename += 1
-            by_filename_example = by_filename_example or f"{xml_path} -> {file_name}"
+            name, fallback = file_name, True
         else:
             missing += 1
             report.drop_image(MISSING_IMAGE, f"{images_root / stem}.* ({xml_path})")
@@ -351,6 +350,9 @@ def read_voc_folder(
             report.drop_image("image already annotated by another XML", f"{xml_path} ({name}, first: {used[name]})")
             continue
         used[name] = xml_path.name
+        if fallback:
+            by_filename += 1
+            by_filename_example = by_filename_example or f"{xml_path} -> {file_name}"
         parsed.append(_read_image(annotation, xml_path, images_root / name, name, stem, report))
 
     check_missing(report, missing, len(xmls), report.source, images_root, max_missing)

@@ -8,8 +8,10 @@ these replacements, each printed:
   switches (booleans) and loss weights (floats) of the recipe's ``model.config`` are kept, sizes
   (integers, lists, the backbone) come from the tiny config;
 - the data: a few small images with boxes written in the recipe's format and split layout (COCO
-  JSON, VOC devkit with the recipe's sets, BDD100K JSON, FRED sequences with split files, or a
-  converted ``hf`` folder); the recipe's subset and blacklist file are not used (``auto`` is);
+  JSON, VOC devkit with the recipe's sets or a LabelImg-style VOC folder with its list files,
+  BDD100K JSON, FRED sequences with split files, or a converted ``hf`` folder); the recipe's subset
+  and blacklist file are not used (``auto`` is); ``data.val.from_train`` holds out the 4 validation
+  images of one generated training split;
 - sizes: images at most 96 x 160, micro-batches of 2 images; every epoch is one optimizer step
   (accumulation kept), two epochs, or one per phase, checkpointed each epoch, evaluated after the last;
 - precision ``no`` without CUDA; at most 1 dataloader worker; no pictures; a temporary run directory.
@@ -120,6 +122,32 @@ def write_voc(devkit: Path, sets: list[str], samples, classes: list[str]) -> Non
         (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
 
 
+def write_voc_folder(root: Path, list_names: list[str], samples, classes: list[str]) -> tuple[str, str, list[str]]:
+    """LabelImg's layout: ``images/<stem>.jpg`` beside ``annots/<stem>.xml``; with ``list_names`` (the recipe's
+    list files), one list file of ids per name, the images dealt out among them. Returns (images, annots, lists)."""
+    images, annots = root / "images", root / "annots"
+    images.mkdir(parents=True, exist_ok=True)
+    annots.mkdir(parents=True, exist_ok=True)
+    stems = []
+    for i, (pixels, boxes) in enumerate(samples):
+        stem = f"{i:05d}"
+        stems.append(stem)
+        Image.fromarray(pixels).save(images / f"{stem}.jpg", quality=90)
+        objects = "".join(
+            f"<object><name>{classes[label]}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax>"
+            f"<ymax>{y2}</ymax></bndbox></object>" for label, (x1, y1, x2, y2) in boxes)
+        (annots / f"{stem}.xml").write_text(
+            f"<annotation><folder>images</folder><filename>{stem}.jpg</filename><size><width>{SIZE[1]}</width>"
+            f"<height>{SIZE[0]}</height><depth>3</depth></size><segmented>0</segmented>{objects}</annotation>")
+    lists = []
+    for k, name in enumerate(list_names):
+        path = root / Path(name).name
+        path.write_text("".join(f"{stem}\n" for stem in stems[k::len(list_names)]))
+        lists.append(str(path))
+    return str(images), str(annots), lists
+
+
 def write_fred(root: Path, sets: list[str], samples, modality: str, first_sequence: int) -> None:
     """One sequence per split file named by ``sets`` (``canonical/train`` -> dataset_splits/canonical/
     train_split.txt), frames named as FRED names them, one YOLO label file per frame."""
@@ -162,6 +190,9 @@ def write_split(fmt: str, root: Path, split_name: str, split_cfg, data_cfg, coun
     if fmt == "bdd100k":
         images, labels = write_bdd100k(root / "bdd100k", split_name, samples, classes)
         return replace(split_cfg, images=images, labels=labels, subset=None)
+    if fmt == "voc" and split_cfg.labels:  # a folder of XML files beside an image folder
+        images, labels, lists = write_voc_folder(root / "voc" / split_name, split_cfg.sets, samples, classes)
+        return replace(split_cfg, images=images, labels=labels, sets=lists, subset=None)
     if fmt == "voc":
         devkit = root / "VOCdevkit"
         sets = split_cfg.sets or ["2007/trainval" if split_name == "train" else "2007/test"]
@@ -200,10 +231,18 @@ def dry_run_recipe(recipe: Recipe, work_dir: Path) -> tuple[Recipe, list[str]]:
         notes.append(f"data: the shapes generator, {train_count} train / {VAL_IMAGES} val images")
     else:
         root = work_dir / "data"
+        if data.val.from_train:  # one generated training split; the fraction holds out exactly VAL_IMAGES of it
+            total = train_count + VAL_IMAGES
+            val = replace(data.val, from_train=VAL_IMAGES / total)
+            notes.append(f"data.val.from_train: {data.val.from_train:g} -> {VAL_IMAGES / total:g} "
+                         f"({VAL_IMAGES} of {total} generated training images held out)")
+        else:
+            total = train_count
+            val = write_split(data.format, root, "val", data.val, data, VAL_IMAGES, 1, first_sequence=100)
         data = replace(
             data,
-            train=write_split(data.format, root, "train", data.train, data, train_count, 0, first_sequence=0),
-            val=write_split(data.format, root, "val", data.val, data, VAL_IMAGES, 1, first_sequence=100),
+            train=write_split(data.format, root, "train", data.train, data, total, 0, first_sequence=0),
+            val=val,
             read_image_sizes=data.format == "bdd100k" or data.read_image_sizes,  # not BDD100K's 1280 x 720
             blacklist="auto" if data.blacklist == "auto" else None,
             cache_dir=str(work_dir / "cache"), max_missing=0.0,

@@ -185,8 +185,8 @@ def _hold_out(dataset, root: Path, report: ConversionReport, keys: set[str], fra
     report.boxes, report.boxes_per_class = count_boxes(train)
     val_report = ConversionReport(source=f"{report.source} [validation held out: {how}]", images=len(val))
     val_report.boxes, val_report.boxes_per_class = count_boxes(val)
-    return train, LoadedSplit(val, root, val_report, [f"validation: {len(val)} images held out of "
-                                                      f"{len(train) + len(val)} training images ({how})"])
+    return train, LoadedSplit(val, root, val_report, [f"validation: {len(val)} of the training split's "
+                                                      f"{len(train) + len(val)} images held out ({how})"])
 
 
 def _save_atomically(dataset, report, root, fmt, target: Path, sources: dict) -> None:
@@ -225,12 +225,18 @@ def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, ke
         path = Path(blacklist)
         entries = load_blacklist(path)
         how = str(path)
+    from hftrain.data.holdout import image_keys
+
     before = len(dataset)
+    listed = [key for key in image_keys(dataset) if key in entries] if entries else []
     dataset, removed = apply_blacklist(dataset, entries)
     if removed:
         from hftrain.data.convert import count_boxes
 
-        report.dropped_images[f"blacklisted ({how})"] += removed
+        reason = f"blacklisted ({how})"
+        report.dropped_images[reason] += removed
+        report.examples[reason] = [f"{key}: {entries[key]}" for key in listed[:5]]
         report.images -= removed
         report.boxes, report.boxes_per_class = count_boxes(dataset)
-    return dataset, f"blacklist ({how}): removed {removed} of {before} images"
+    example = f" (e.g. {listed[0]}: {entries[listed[0]]})" if listed else ""
+    return dataset, f"blacklist ({how}): removed {removed} of {before} images{example}"

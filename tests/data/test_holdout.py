@@ -117,7 +117,7 @@ def test_voc_folder_with_held_out_val_trains_and_evaluates(kangaroo_slice, tmp_p
     train_keys, val_keys = set(image_keys(data.train.rows)), set(image_keys(data.val.rows))
     assert not train_keys & val_keys and len(train_keys | val_keys) == 9  # 00090.jpg blacklisted (truncated)
     assert "00090.jpg" not in train_keys | val_keys and data.class_names == ["kangaroo"]
-    assert any("truncated" in note or "removed 1 of 10" in note for note in data.notes)
+    assert any("removed 1 of 10 images (e.g. 00090.jpg: truncated" in note for note in data.notes)
     assert len(data.train.cache.states()) == len(train_keys) and len(data.val.cache.states()) == len(val_keys)
     metrics = train(load_recipe(path))
     assert 0.0 <= metrics["map"] <= 1.0 and records(tmp_path / "run", "eval")

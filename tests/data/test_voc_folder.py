@@ -142,3 +142,18 @@ def test_helpful_errors_for_the_wrong_folder(tmp_path, kangaroo, capsys):
     assert "looks like a VOCdevkit" in capsys.readouterr().err
     assert convert_main(["coco", "--images", "x", "--labels", "y.json", "--classes", "a", "--out", str(tmp_path / "o3")]) == 1
     assert "apply to voc only" in capsys.readouterr().err
+
+
+def test_conversion_cache_follows_the_folder(kangaroo, tmp_path):
+    from hftrain.data.sources import load_split
+
+    cache = tmp_path / "cache"
+    args = ("voc", str(kangaroo / "images"), str(kangaroo / "annots"))
+    assert "converted" in load_split(*args, cache_dir=cache).notes[0]
+    assert "cache hit" in load_split(*args, cache_dir=cache).notes[0]
+    (kangaroo / "annots" / "00090.xml").unlink()  # an XML removed: the image stays, without labels
+    split = load_split(*args, cache_dir=cache)
+    assert "converted" in split.notes[0] and len(split.dataset) == 7
+    assert split.report.dropped_images == {"image without an XML file": 1}
+    named = load_split(*args, cache_dir=cache, class_names=["wombat", "kangaroo"])
+    assert "converted" in named.notes[0] and class_names_of(named.dataset) == ["wombat", "kangaroo"]

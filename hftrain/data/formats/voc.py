@@ -113,7 +113,7 @@ def _number(element: ET.Element | None, tag: str, where: str) -> int:
         return 0
     try:
         return int(float(node.text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DatasetError(f"{where}: <{tag}> {node.text.strip()!r} is not a number") from None
 
 
@@ -307,7 +307,8 @@ def read_voc_folder(
 
     ``list_files``: files of image ids choosing the XMLs (None: every XML). ``class_names``: the
     classes in this order (None: those found in the files, sorted by name). ``category_map``:
-    as for :func:`read_voc`; the targets join the found classes.
+    as for :func:`read_voc`; the targets join the found classes. ``check_files=False`` keeps an XML
+    whose image is not in the folder (as ``<filename>``, else ``<stem>.jpg``) instead of counting it missing.
     """
     images_root, annotations = Path(images_dir), Path(annotations_dir)
     if not images_root.is_dir():
@@ -342,6 +343,8 @@ def read_voc_folder(
             name = candidates[0]
         elif file_name in by_name:
             name, fallback = file_name, True
+        elif not check_files:  # kept unchecked: <filename>, else <stem>.jpg
+            name = file_name or f"{stem}.jpg"
         else:
             missing += 1
             report.drop_image(MISSING_IMAGE, f"{images_root / stem}.* ({xml_path})")

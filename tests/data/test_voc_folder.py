@@ -157,3 +157,16 @@ def test_conversion_cache_follows_the_folder(kangaroo, tmp_path):
     assert split.report.dropped_images == {"image without an XML file": 1}
     named = load_split(*args, cache_dir=cache, class_names=["wombat", "kangaroo"])
     assert "converted" in named.notes[0] and class_names_of(named.dataset) == ["wombat", "kangaroo"]
+
+
+def test_dry_run_writes_a_voc_folder_with_its_list_files(tmp_path):
+    from hftrain.recipe.schema import DataConfig, SplitConfig
+    from hftrain.tools.dry_run import write_split
+
+    split = SplitConfig(images="data/kangaroo/images", labels="data/kangaroo/annots", sets=["lists/a.txt", "b.txt"])
+    written = write_split("voc", tmp_path, "train", split, DataConfig(format="voc"), 5, 0, first_sequence=0)
+    assert [p.rpartition("/")[2] for p in written.sets] == ["a.txt", "b.txt"]
+    first, _ = read_voc_folder(written.images, written.labels, list_files=written.sets[:1])
+    both, report = read_voc_folder(written.images, written.labels, list_files=written.sets)
+    assert len(first) == 3 and len(both) == 5 and not report.dropped_images and report.boxes >= 5
+    assert class_names_of(both) == sorted(class_names_of(both))  # found in the files, sorted by name

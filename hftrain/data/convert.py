@@ -5,14 +5,20 @@ in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, so
 ``report.json`` (images, boxes per class, and every dropped or changed box or image by reason).
 Images are referenced by path, relative to the recorded image root; ``--embed-images`` stores
 the encoded bytes in the dataset instead (the paths stay, as the rows' keys).
+
+The output is written to a new folder beside ``--out`` and renamed into place when complete.
+``--overwrite`` replaces only an earlier conversion (a folder holding ``hftrain_dataset.json``),
+removed after the new one is in place; any other non-empty folder is refused untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -133,6 +139,55 @@ def save_converted(dataset: datasets.Dataset, report: ConversionReport, image_ro
     return out
 
 
+def output_refusal(out: Path, overwrite: bool, inputs: list[Path]) -> str | None:
+    """Why ``hftrain convert`` must not write to ``out`` (None: it may).
+
+    A new or empty folder is written. A non-empty one is replaced only with ``overwrite`` and only
+    when it holds an earlier conversion (its ``hftrain_dataset.json``); a folder that is or
+    contains one of the ``inputs`` (the image folder, the label file) is never replaced.
+    """
+    target = out.resolve()
+    for given in inputs:
+        source = given.resolve()
+        if source == target or target in source.parents:
+            return f"--out {out} is or contains the input {given}; choose another output folder"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"--out {out} exists and is not a folder"
+    if not any(out.iterdir()):
+        return None
+    if not (out / IMAGE_ROOT_FILE).is_file():
+        return (f"--out {out} is not empty and holds no earlier conversion (no {IMAGE_ROOT_FILE}); "
+                "nothing was written or removed; choose a new or empty folder")
+    if not overwrite:
+        return f"--out {out} holds an earlier conversion (use --overwrite to replace it)"
+    return None
+
+
+def replace_folder(out: Path, write) -> None:
+    """Call ``write(folder)`` on a new folder beside ``out``, then move it into ``out``'s place.
+
+    A previous ``out`` (an empty folder or an earlier conversion, see :func:`output_refusal`) is
+    removed only once the new one is complete; if ``write`` fails, ``out`` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        write(staging / "new")
+        if out.exists():
+            os.rename(out, staging / "old")
+            try:
+                os.rename(staging / "new", out)
+            except OSError:
+                os.rename(staging / "old", out)
+                raise
+        else:
+            os.rename(staging / "new", out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def load_converted(folder: str | Path) -> tuple[datasets.Dataset, Path]:
     """(dataset, image root) of a folder written by ``hftrain convert`` (format ``hf``)."""
     folder = Path(folder)
@@ -192,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rename a source category (SOURCE= drops it); repeatable")
     parser.add_argument("--read-image-sizes", action="store_true",
                         help="BDD100K: read each image's size instead of assuming 1280x720")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in --out (a folder holding hftrain_dataset.json); "
+                             "the new one is written beside it first")
     return parser
 
 
@@ -207,11 +263,10 @@ def convert_main(argv: list[str]) -> int:
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            print(f"hftrain convert: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
+    refusal = output_refusal(out, args.overwrite, [Path(p) for p in (args.images, args.labels) if p])
+    if refusal:
+        print(f"hftrain convert: {refusal}", file=sys.stderr)
+        return 2
     try:
         dataset, report, root = convert_source(
             args.format, args.images, args.labels, sets=args.split or None, modality=args.modality,
@@ -226,7 +281,8 @@ def convert_main(argv: list[str]) -> int:
         dataset = embed_images(dataset, root)
     sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
                "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes}
-    save_converted(dataset, report, root, args.format, out, sources, embedded=args.embed_images)
+    replace_folder(out, lambda folder: save_converted(dataset, report, root, args.format, folder, sources,
+                                                      embedded=args.embed_images))
     for line in report.lines():
         print(line)
     print(f"wrote {len(dataset)} images to {out} (report: {out / REPORT_FILE})")

@@ -124,7 +124,8 @@ class DataConfig:
     max_missing: float = 0.0
     """Fraction of missing image files tolerated before loading fails."""
     max_bad_fraction: float = 0.01
-    """Fraction of images that may fail to decode during training before the run stops."""
+    """Fraction of images that may fail to decode (or whose decoded size is not their annotated
+    size, e.g. turned by EXIF orientation) during training before the run stops."""
     blacklist: str | None = None
     """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
     cache_dir: str | None = None

@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rename a source category (SOURCE= drops it); repeatable")
     parser.add_argument("--read-image-sizes", action="store_true",
                         help="BDD100K: read each image's size instead of assuming 1280x720")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in --out (a folder holding hftrain_dataset.json); "
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier conversion in --out (a folder holding hftrain_dataset.json); "
                              "the new one is written beside it first")
     return parser
 

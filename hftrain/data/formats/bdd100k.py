@@ -153,7 +153,8 @@ def _size(size, where: str) -> tuple[int, int] | None:
         if width <= 0 or height <= 0:
             raise ValueError
     except (TypeError, KeyError, ValueError):
-        raise DatasetError(f"{where}: {size!r} is not a size {{\"width\": W, \"height\": H}} in positive integers") from None
+        raise DatasetError(f"{where}: {size!r} is not a size {{\"width\": W, \"height\": H}} "
+                           "in positive integers") from None
     return int(width), int(height)
 
 

@@ -133,8 +133,10 @@ def read_coco(
                            "not a list of annotation objects")
 
     category_map = category_map or {}
-    source_names = {_integer(c, "id", f"{labels_path} categories[{i}]"): str(_field(c, "name", f"{labels_path} categories[{i}]"))
-                    for i, c in enumerate(coco["categories"])}
+    source_names = {}
+    for i, category in enumerate(coco["categories"]):
+        where = f"{labels_path} categories[{i}]"
+        source_names[_integer(category, "id", where)] = str(_field(category, "name", where))
     class_names: list[str] = []
     label_of_id: dict[int, int | None] = {}
     for cat_id in sorted(source_names):

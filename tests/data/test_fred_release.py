@@ -55,7 +55,9 @@ def release(tmp_path_factory):
     """``FRED/`` (train: 0, 60; test: 132, 230) and ``FRED_challenging/`` (train: links to test/132 and
     train/0, test: a link to train/60), as create_FRED_challenging_split.py makes it."""
     base = tmp_path_factory.mktemp("fred_release")
-    jpg, png = _encoded("JPEG"), _encoded("PNG")
+    jpg, png = base / "frame.jpg", base / "frame.png"  # every frame a hard link to one of these (fast)
+    jpg.write_bytes(_encoded("JPEG"))
+    png.write_bytes(_encoded("PNG"))
     for split, sequences in RELEASE.items():
         for seq in sequences:
             folder = base / "FRED" / split / seq
@@ -63,8 +65,8 @@ def release(tmp_path_factory):
             (folder / "Event" / "Frames").mkdir(parents=True)
             for i in range(FRAMES[seq]):
                 micro = 363444 + i * 33333  # wall clock 16:03:03.363444 + i frames
-                (folder / "RGB" / f"Video_{seq}_16_03_{3 + micro // 10**6:02d}.{micro % 10**6:06d}.jpg").write_bytes(jpg)
-                (folder / "Event" / "Frames" / f"Video_{seq}_frame_{(i + 1) * 33333}.png").write_bytes(png)
+                os.link(jpg, folder / "RGB" / f"Video_{seq}_16_03_{3 + micro // 10**6:02d}.{micro % 10**6:06d}.jpg")
+                os.link(png, folder / "Event" / "Frames" / f"Video_{seq}_frame_{(i + 1) * 33333}.png")
             text = (SEQUENCES / seq / "coordinates.txt").read_text()  # CRLF read as LF
             (folder / "coordinates.txt").write_bytes((SEQUENCES / seq / "coordinates.txt").read_bytes())
             (folder / "coordinates_rgb.txt").write_text(_rgb_lines(text))

@@ -328,7 +328,7 @@ def read_yolo(
     missing = 0
     for path in images:
         relative = os.path.relpath(path, root_text)
-        if relative.startswith(".."):
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
             raise DatasetError(f"{source.yaml_path}: image {path} lies outside the dataset root {source.root} "
                                "(set 'path' in data.yaml to a folder holding every image)")
         relative, exists = root.check(relative, str(source.yaml_path))
@@ -349,8 +349,8 @@ def read_yolo(
         except FileNotFoundError:
             lines = None
             report.keep_image(NO_LABEL_FILE, path)
-        except UnicodeDecodeError:
-            raise DatasetError(f"{label_file}: not a text label file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise DatasetError(f"{label_file}: cannot read the label file ({err})") from None
         if lines is not None and not any(line.strip() for line in lines):
             report.keep_image(EMPTY_LABEL_FILE, label_file)
         seen_lines: set[tuple] = set()

@@ -1,4 +1,4 @@
-"""``hftrain convert``: turn a COCO, VOC, BDD100K or FRED source into a saved dataset.
+"""``hftrain convert``: turn a COCO, VOC, BDD100K, FRED or YOLO source into a saved dataset.
 
 The output folder holds ``datasets.save_to_disk`` files in the project's schema (class names
 in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, sources) and
@@ -24,7 +24,7 @@ from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
 
-FORMATS = ("coco", "voc", "bdd100k", "fred")
+FORMATS = ("coco", "voc", "bdd100k", "fred", "yolo")
 REPORT_FILE = "report.json"
 
 
@@ -61,6 +61,17 @@ def convert_source(
 
         dataset, report = read_voc(labels or images, sets or ["2007/trainval"], category_map, max_missing, check_files)
         images = Path(labels or images)
+    elif fmt == "yolo":
+        from hftrain.data.formats.yolo import YoloDataset, read_yolo
+
+        if labels:
+            raise DatasetError(f"yolo: the label files are found from data.yaml; give data.yaml as the images "
+                               f"(--images / data.<split>.images), not labels ({labels})")
+        if not sets:
+            raise DatasetError("yolo: name the data.yaml set(s) to read with --split / data.<split>.sets "
+                               "(train, val or test)")
+        dataset, report = read_yolo(images, sets, category_map, max_missing)
+        images = YoloDataset(images).root
     elif fmt == "fred":
         from hftrain.data.formats.fred import fred_image_root, read_fred
 
@@ -80,6 +91,7 @@ def report_from_dict(data: dict) -> ConversionReport:
         dropped_boxes=Counter(data.get("dropped_boxes", {})),
         changed_boxes=Counter(data.get("changed_boxes", {})),
         dropped_images=Counter(data.get("dropped_images", {})),
+        kept_images=Counter(data.get("kept_images", {})),
         examples=dict(data.get("examples", {})),
     )
 
@@ -179,13 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--images", required=True,
-                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), or FRED root (holding train/ and "
-                             "test/, a challenging-split folder of links, or sequence folders)")
+                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), FRED root (holding train/ and "
+                             "test/, a challenging-split folder of links, or sequence folders), or the dataset's "
+                             "data.yaml (yolo)")
     parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; VOC: unused")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", action="append", default=[],
                         help="VOC YEAR/SPLIT (2007/trainval); FRED: train or test (a folder under --images), or a "
-                             "split file (challenging/train, or a .txt path); repeatable")
+                             "split file (challenging/train, or a .txt path); YOLO: data.yaml set (train, val, "
+                             "test); repeatable")
     parser.add_argument("--subset", type=int, help="keep N random images")
     parser.add_argument("--seed", type=int, default=0, help="seed for --subset")
     parser.add_argument("--embed-images", action="store_true", help="store image bytes instead of paths")

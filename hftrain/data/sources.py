@@ -1,12 +1,13 @@
 """Turn a recipe's data split into a dataset in the project's schema, whatever its source format.
 
-Formats: ``coco``, ``voc``, ``bdd100k``, ``fred`` (converted on the fly) and ``hf`` (a folder
+Formats: ``coco``, ``voc``, ``bdd100k``, ``fred``, ``yolo`` (converted on the fly) and ``hf`` (a folder
 written by ``hftrain convert``). With a ``cache_dir`` the converted dataset is cached there,
 keyed by the conversion options and by the path, size and modification time of every label
 file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs; FRED
 split files and each sequence's YOLO label files, or its box file (coordinates.txt or
 coordinates_rgb.txt, per ``fred_boxes``) and frame folders, whose listing pairs frames with
-times). Touching a label file
+times; YOLO data.yaml, its list files, the image folders searched and each image's label
+file). Touching a label file
 rebuilds the cache; image files are not part of the key (the blacklist scan is what checks
 them). Conversion caches are written to a temporary folder and renamed into place, so
 processes converting the same split at once all end with one complete copy.
@@ -59,6 +60,10 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
             year, ids = read_voc_ids(devkit, spec)
             files.extend(devkit / year / "Annotations" / f"{name}.xml" for name in ids)
         return files
+    if fmt == "yolo":
+        from hftrain.data.formats.yolo import yolo_source_files
+
+        return yolo_source_files(images, list(sets or []))
     if fmt == "fred":
         from hftrain.data.formats.fred import fred_label_files
 
@@ -104,8 +109,9 @@ def load_split(
 ) -> LoadedSplit:
     """Read one split of a recipe.
 
-    ``fmt``: coco, voc, bdd100k, fred or hf. ``images``/``labels``: as for ``hftrain convert``
-    (hf: ``images`` is the converted folder). ``sets``: VOC ``YEAR/SPLIT`` or FRED split names.
+    ``fmt``: coco, voc, bdd100k, fred, yolo or hf. ``images``/``labels``: as for ``hftrain convert``
+    (hf: ``images`` is the converted folder; yolo: the data.yaml). ``sets``: VOC ``YEAR/SPLIT``,
+    FRED split names or YOLO data.yaml sets (``train``, ``val``, ``test``).
     ``fred_boxes``: FRED's box file, ``extended`` (coordinates.txt) or ``rgb`` (coordinates_rgb.txt).
     ``subset``/``seed``: keep a seeded random sample of rows (counted in the report).
     ``cache_dir``: cache conversions there (None: convert every time). ``blacklist``: a blacklist

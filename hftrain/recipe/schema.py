@@ -24,12 +24,14 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     images: str | None = None
-    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    """Image directory (COCO, FRED root, VOCdevkit), a YOLO dataset's data.yaml, or a converted dataset
+    directory."""
     labels: str | None = None
     """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
     sets: list[str] = field(default_factory=list)
     """Format-specific split names, e.g. VOC ``2007/trainval``; FRED ``train`` or ``test`` (a folder
-    under the root) or a split file (``challenging/train``, or a ``.txt`` path)."""
+    under the root) or a split file (``challenging/train``, or a ``.txt`` path); the data.yaml sets
+    of a YOLO dataset (``[train]``, ``[val]``; required for yolo)."""
     subset: int | None = None
     """Use only this many images (a seeded random subset)."""
 
@@ -89,7 +91,8 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     format: str = "coco"
-    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a directory from
+    ``hftrain convert``)."""
     train: SplitConfig = field(default_factory=SplitConfig)
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)

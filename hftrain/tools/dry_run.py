@@ -8,8 +8,9 @@ these replacements, each printed:
   switches (booleans) and loss weights (floats) of the recipe's ``model.config`` are kept, sizes
   (integers, lists, the backbone) come from the tiny config;
 - the data: a few small images with boxes written in the recipe's format and split layout (COCO
-  JSON, VOC devkit with the recipe's sets, BDD100K JSON, FRED as released (train/ and test/), or a
-  converted ``hf`` folder); the recipe's subset and blacklist file are not used (``auto`` is);
+  JSON, VOC devkit with the recipe's sets, BDD100K JSON, FRED as released (train/ and test/), a
+  YOLO data.yaml with images/ and labels/ folders per set, or a converted ``hf`` folder); the
+  recipe's subset and blacklist file are not used (``auto`` is);
 - sizes: images at most 96 x 160, micro-batches of 2 images; every epoch is one optimizer step
   (accumulation kept), two epochs, or one per phase, checkpointed each epoch, evaluated after the last;
 - precision ``no`` without CUDA; at most 1 dataloader worker; no pictures; a temporary run directory.
@@ -39,6 +40,7 @@ FORMAT_CLASSES = {
     "voc": ["car", "person", "dog"],
     "bdd100k": ["car", "pedestrian", "traffic sign"],
     "fred": ["drone"],
+    "yolo": ["car", "person", "dog"],
 }
 
 
@@ -151,6 +153,24 @@ def write_fred(root: Path, sets: list[str], samples, first_sequence: int) -> Non
             split_file.write_text(f"{seq}/\n")
 
 
+def write_yolo(root: Path, sets: list[str], samples, classes: list[str]) -> Path:
+    """ultralytics' layout: images/<set>/*.jpg, labels/<set>/*.txt (normalised centre boxes) and a
+    data.yaml naming every set written so far."""
+    height, width = SIZE
+    for key in sets:
+        for sub in ("images", "labels"):
+            (root / sub / key).mkdir(parents=True, exist_ok=True)
+        for i, (pixels, boxes) in enumerate(samples):
+            Image.fromarray(pixels).save(root / "images" / key / f"{key}_{i:06d}.jpg", quality=90)
+            (root / "labels" / key / f"{key}_{i:06d}.txt").write_text("".join(
+                f"{label} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
+                f"{(y2 - y1) / height:.6f}\n" for label, (x1, y1, x2, y2) in boxes))
+    written = sorted(p.name for p in (root / "images").iterdir())
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(json.dumps({"path": ".", **{k: f"images/{k}" for k in written}, "names": classes}))
+    return data_yaml
+
+
 def write_split(fmt: str, root: Path, split_name: str, split_cfg, data_cfg, count: int, seed: int, first_sequence: int):
     """Write ``count`` images for one split in ``fmt``; returns the split config pointing at them."""
     classes = FORMAT_CLASSES[fmt]
@@ -174,6 +194,10 @@ def write_split(fmt: str, root: Path, split_name: str, split_cfg, data_cfg, coun
         sets = split_cfg.sets or ["2007/trainval" if split_name == "train" else "2007/test"]
         write_voc(devkit, sets, samples, classes)
         return replace(split_cfg, images=str(devkit), labels=None, sets=sets, subset=None)
+    if fmt == "yolo":
+        sets = split_cfg.sets or [split_name]
+        data_yaml = write_yolo(root / "yolo", sets, samples, classes)
+        return replace(split_cfg, images=str(data_yaml), labels=None, sets=sets, subset=None)
     if fmt == "fred":
         fred = root / "FRED"
         write_fred(fred, split_cfg.sets, samples, first_sequence)

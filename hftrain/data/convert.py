@@ -1,4 +1,4 @@
-"""``hftrain convert``: turn a COCO, VOC, BDD100K or FRED source into a saved dataset.
+"""``hftrain convert``: turn a COCO, VOC, BDD100K, FRED or YOLO source into a saved dataset.
 
 The output folder holds ``datasets.save_to_disk`` files in the project's schema (class names
 in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, sources) and
@@ -30,7 +30,7 @@ from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
 
-FORMATS = ("coco", "voc", "bdd100k", "fred")
+FORMATS = ("coco", "voc", "bdd100k", "fred", "yolo")
 REPORT_FILE = "report.json"
 
 
@@ -46,6 +46,7 @@ def convert_source(
     max_missing: float = 0.0,
     read_image_sizes: bool = False,
     check_files: bool = True,
+    fred_boxes: str = "extended",
 ) -> tuple[datasets.Dataset, ConversionReport, Path]:
     """Read one source with its format's reader: (dataset, report, image root)."""
     images = Path(images)
@@ -66,10 +67,23 @@ def convert_source(
 
         dataset, report = read_voc(labels or images, sets or ["2007/trainval"], category_map, max_missing, check_files)
         images = Path(labels or images)
-    elif fmt == "fred":
-        from hftrain.data.formats.fred import read_fred
+    elif fmt == "yolo":
+        from hftrain.data.formats.yolo import YoloDataset, read_yolo
 
-        dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files)
+        if labels:
+            raise DatasetError(f"yolo: the label files are found from data.yaml; give data.yaml as the images "
+                               f"(--images / data.<split>.images), not labels ({labels})")
+        if not sets:
+            raise DatasetError("yolo: name the data.yaml set(s) to read with --split / data.<split>.sets "
+                               "(train, val or test)")
+        dataset, report = read_yolo(images, sets, category_map, max_missing)
+        images = YoloDataset(images).root
+    elif fmt == "fred":
+        from hftrain.data.formats.fred import fred_image_root, read_fred
+
+        dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files,
+                                    fred_boxes)
+        return dataset, report, fred_image_root(images, labels, sets)  # above the root for linked sequences
     else:
         raise DatasetError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)}, hf)")
     return dataset, report, images.resolve()
@@ -83,6 +97,7 @@ def report_from_dict(data: dict) -> ConversionReport:
         dropped_boxes=Counter(data.get("dropped_boxes", {})),
         changed_boxes=Counter(data.get("changed_boxes", {})),
         dropped_images=Counter(data.get("dropped_images", {})),
+        kept_images=Counter(data.get("kept_images", {})),
         examples=dict(data.get("examples", {})),
     )
 
@@ -231,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--images", required=True,
-                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), or FRED root with sequence folders")
+                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), FRED root (holding train/ and "
+                             "test/, a challenging-split folder of links, or sequence folders), or the dataset's "
+                             "data.yaml (yolo)")
     parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; VOC: unused")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", action="append", default=[],
-                        help="VOC YEAR/SPLIT (2007/trainval) or FRED split (canonical/train, or a split file); repeatable")
+                        help="VOC YEAR/SPLIT (2007/trainval); FRED: train or test (a folder under --images), or a "
+                             "split file (challenging/train, or a .txt path); YOLO: data.yaml set (train, val, "
+                             "test); repeatable")
     parser.add_argument("--subset", type=int, help="keep N random images")
     parser.add_argument("--seed", type=int, default=0, help="seed for --subset")
     parser.add_argument("--embed-images", action="store_true", help="store image bytes instead of paths")
@@ -243,10 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of missing image files tolerated before failing (default 0)")
     parser.add_argument("--modality", choices=("rgb", "event"), default="rgb", help="FRED stream")
     parser.add_argument("--drone-classes", choices=("single", "models"), default="single", help="FRED classes")
+    parser.add_argument("--fred-boxes", choices=("extended", "rgb"), default="extended",
+                        help="FRED box file: extended = coordinates.txt (padded, shared space; default), "
+                             "rgb = coordinates_rgb.txt (without the padding)")
     parser.add_argument("--category-map", action="append", default=[], metavar="SOURCE=TARGET",
                         help="rename a source category (SOURCE= drops it); repeatable")
     parser.add_argument("--read-image-sizes", action="store_true",
-                        help="BDD100K: read each image's size instead of assuming 1280x720")
+                        help="BDD100K: read each image's size instead of the frame's own size or 1280x720 "
+                             "(a frame whose own size differs is dropped, counted)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier conversion in --out (a folder holding hftrain_dataset.json); "
                              "the new one is written beside it first")
@@ -272,7 +295,7 @@ def convert_main(argv: list[str]) -> int:
         dataset, report, root = convert_source(
             args.format, args.images, args.labels, sets=args.split or None, modality=args.modality,
             drone_classes=args.drone_classes, category_map=category_map, max_missing=args.max_missing,
-            read_image_sizes=args.read_image_sizes,
+            read_image_sizes=args.read_image_sizes, fred_boxes=args.fred_boxes,
         )
     except (DatasetError, ValueError) as err:
         print(f"hftrain convert: {err}", file=sys.stderr)
@@ -281,7 +304,8 @@ def convert_main(argv: list[str]) -> int:
     if args.embed_images:
         dataset = embed_images(dataset, root)
     sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
-               "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes}
+               "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes,
+               "fred_boxes": args.fred_boxes}
     replace_folder(out, lambda folder: save_converted(dataset, report, root, args.format, folder, sources,
                                                       embedded=args.embed_images))
     for line in report.lines():

@@ -186,6 +186,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         loaded[name] = load_split(
             data_cfg.format, split.images, split.labels,
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
+            fred_boxes=data_cfg.fred_boxes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
             cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,

@@ -84,7 +84,7 @@ def _check_best_metric_and_saving(recipe: Recipe, problems: list[str]) -> None:
 
 
 def _check_data(recipe: Recipe, problems: list[str]) -> None:
-    """Workers, flip and augmentation probabilities, RAM cache margin."""
+    """Workers, flip and augmentation probabilities, RAM cache margin; a yolo split names its sets."""
     if recipe.data.num_workers < 0:
         problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
     if not 0.0 <= recipe.data.hflip <= 1.0:
@@ -102,6 +102,15 @@ def _check_data(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
     if recipe.data.cache_margin_gb < 0:
         problems.append(f"data.cache_margin_gb: must be 0 or more, got {recipe.data.cache_margin_gb}")
+    if recipe.data.format == "yolo" and recipe.data.synthetic is None:
+        for name in ("train", "val"):
+            split: SplitConfig = getattr(recipe.data, name)
+            if not split.sets:
+                problems.append(f"data.{name}.sets: format yolo reads the data.yaml sets named here, "
+                                f"e.g. [{name}]; none given")
+            if split.labels is not None:
+                problems.append(f"data.{name}.labels: format yolo finds the label files from data.yaml "
+                                f"(data.{name}.images); leave labels unset")
 
 
 def _check_ema_and_cuda(recipe: Recipe, problems: list[str]) -> None:

@@ -24,11 +24,14 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     images: str | None = None
-    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    """Image directory (COCO, FRED root, VOCdevkit), a YOLO dataset's data.yaml, or a converted dataset
+    directory."""
     labels: str | None = None
     """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
     sets: list[str] = field(default_factory=list)
-    """Format-specific split names, e.g. VOC ``2007/trainval`` or a FRED split file."""
+    """Format-specific split names, e.g. VOC ``2007/trainval``; FRED ``train`` or ``test`` (a folder
+    under the root) or a split file (``challenging/train``, or a ``.txt`` path); the data.yaml sets
+    of a YOLO dataset (``[train]``, ``[val]``; required for yolo)."""
     subset: int | None = None
     """Use only this many images (a seeded random subset)."""
 
@@ -88,7 +91,8 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     format: str = "coco"
-    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a directory from
+    ``hftrain convert``)."""
     train: SplitConfig = field(default_factory=SplitConfig)
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -134,6 +138,10 @@ class DataConfig:
     """FRED: which stream to read."""
     drone_classes: Literal["single", "models"] = "single"
     """FRED: one ``drone`` class, or the five drone models where the labels name them."""
+    fred_boxes: Literal["extended", "rgb"] = "extended"
+    """FRED: which box file of each sequence labels the frames: extended reads ``coordinates.txt``
+    (boxes in the padded coordinate space both streams share, as the FRED README recommends), rgb
+    reads ``coordinates_rgb.txt`` (the boxes without the padding)."""
     read_image_sizes: bool = False
     """BDD100K: read each image's size instead of assuming 1280 x 720."""
     seed: int = 0

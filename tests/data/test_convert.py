@@ -177,5 +177,5 @@ def test_load_split_fred_and_subset(tmp_path):
                        subset=4, seed=0, cache_dir=tmp_path / "cache")
     assert len(split.dataset) == 4 and split.report.dropped_images["left out by subset 4 (seed 0)"] == 2
     assert set(split.dataset.column_names) >= {"sequence", "frame", "timestamp"}
-    with pytest.raises(ValueError, match="unknown format 'yolo'"):
-        load_split("yolo", str(root))
+    with pytest.raises(ValueError, match="unknown format 'kitti'"):
+        load_split("kitti", str(root))

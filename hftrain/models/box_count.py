@@ -6,7 +6,7 @@ Deformable-DETR, RT-DETR, D-FINE) use the same number on every process: the sum 
 all processes divided by the number of processes. Averaging the processes' gradients (DDP) then
 gives exactly the gradient of one process that sees all the images.
 
-transformers 5.23 does otherwise (read in ``transformers/loss/``):
+transformers 5.23 and 5.24 do otherwise (read in ``transformers/loss/``):
 
 - ``ImageLoss.forward`` (DETR; Conditional and Deformable DETR through ``DeformableDetrImageLoss``):
   ``reduce(num_boxes)`` with Accelerate's default *mean*, then ``/ world_size`` again. The count

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import transformers
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
@@ -77,13 +78,18 @@ def build_or_load(cfg, class_names: list[str], config_class: type[PreTrainedConf
     return model, from_scratch(model)
 
 
-def reset_batchnorm_scale(model: nn.Module) -> None:
-    """BatchNorm weights to 1 (PyTorch's default). transformers initialises RT-DETR's from
+def reset_batchnorm_scale(model: nn.Module) -> str | None:
+    """BatchNorm weights to 1 (PyTorch's default). transformers 5.24 initialises RT-DETR's from
     N(0, 0.01): harmless when pretrained weights replace them, but from scratch every BatchNorm
-    starts with a near-zero gain."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
+    starts with a near-zero gain. Where transformers already starts them at 1 (a newer version),
+    nothing changes and the returned note says so."""
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    if norms and all(bool((module.weight == 1).all()) for module in norms):
+        return (f"BatchNorm init: transformers {transformers.__version__} already starts {type(model).__name__}'s "
+                "BatchNorm weights at 1; hftrain's reset is off")
+    for module in norms:
+        nn.init.ones_(module.weight)
+    return None
 
 
 def backbone_tail_unused(config: PreTrainedConfig) -> bool:

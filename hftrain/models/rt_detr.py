@@ -30,8 +30,7 @@ from hftrain.models.postprocess import sigmoid_topk
 
 def _detector(cfg, class_names, config_class, model_class, backbone_type: str, fp32_criterion: bool) -> Detector:
     model, loaded = build_or_load(cfg, class_names, config_class, model_class, backbone_type)
-    if not cfg.pretrained:
-        reset_batchnorm_scale(model)
+    reset_note = None if cfg.pretrained else reset_batchnorm_scale(model)
     config = model.config
     return Detector(
         model=model,
@@ -44,7 +43,7 @@ def _detector(cfg, class_names, config_class, model_class, backbone_type: str, f
         find_unused_parameters=not config.auxiliary_loss or backbone_tail_unused(config),
         backbone_prefixes=("model.backbone",),
         loaded=loaded.summary,
-        notes=loaded.notes + finish(model, fp32_criterion),
+        notes=loaded.notes + ([reset_note] if reset_note else []) + finish(model, fp32_criterion),
     )
 
 

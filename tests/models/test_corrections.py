@@ -141,3 +141,24 @@ def test_a_fixed_transformers_freezing_gives_a_note_in_the_detector(monkeypatch)
     detector = build_model(section("deformable_detr"), NAMES)
     notes = [note for note in detector.notes if "backbone freezing" in note]
     assert len(notes) == 1 and "already trains only ResNet layer2-4" in notes[0] and "correction is off" in notes[0]
+
+
+def test_rt_detr_batchnorm_reset_stands_aside_where_transformers_starts_at_one(monkeypatch):
+    detector = build_model(section("rt_detr"), NAMES)  # 5.24: N(0, 0.01) gains, reset to 1 without a note
+    norms = [m for m in detector.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(bool((m.weight == 1).all()) for m in norms)
+    assert not any("BatchNorm init" in note for note in detector.notes)
+    from transformers.models.rt_detr import modeling_rt_detr as modeling
+
+    original = modeling.RTDetrPreTrainedModel._init_weights
+
+    def fixed_init(self, module):
+        original(self, module)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+
+    monkeypatch.setattr(modeling.RTDetrPreTrainedModel, "_init_weights", fixed_init)
+    detector = build_model(section("rt_detr"), NAMES)
+    assert [n for n in detector.notes if "BatchNorm init" in n] == [
+        f"BatchNorm init: transformers {__import__('transformers').__version__} already starts "
+        "RTDetrForObjectDetection's BatchNorm weights at 1; hftrain's reset is off"]

@@ -81,11 +81,11 @@ def test_sensetime_layout_trains_through_hftrain_train_without_timm(sensetime, n
     """The flagship recipes' checkpoint, as published, through ``hftrain train``: stem and layer1
     stay as loaded, the class head starts at the focal prior, and model/ reloads."""
     directory, source = sensetime
-    recipe = tiny_recipe(shapes_dir, tmp_path / "run", model="deformable_detr", train={"epochs": 1, "max_steps": 2})
+    recipe = tiny_recipe(shapes_dir, tmp_path / "run", model="deformable_detr", train={"epochs": 1, "max_steps": 1})
     recipe["model"].update(config={}, pretrained=str(directory))
     assert train_mod.main([str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
     steps = records(tmp_path / "run", "step")
-    assert [s["step"] for s in steps] == [1, 2] and all(math.isfinite(s["loss"]) for s in steps)
+    assert [s["step"] for s in steps] == [1] and math.isfinite(steps[0]["loss"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "timm resnet50 (out_indices [2, 3, 4]) mapped to transformers ResNet (no timm needed)" in log
     assert "re-initialised: class_embed.0 (5 -> 3 classes; class bias -4.595 (prior 0.01))" in log
@@ -196,7 +196,6 @@ def _save_tiny(name: str, tmp_path, classes: int, **extra) -> str:
     ("conditional_detr", {}, 0.01),
     ("rt_detr", {}, 1 / 4),  # no initializer_bias_prior_prob: 1 / (K + 1), K = 3
     ("rt_detr", {"initializer_bias_prior_prob": 0.01}, 0.01),
-    ("d_fine", {}, 1 / 4),
 ])
 def test_reinitialised_class_heads_get_the_familys_prior(tmp_path, name, extra, probability):
     detector = build_model(section(name, {}, _save_tiny(name, tmp_path, 7, **extra)), NAMES)

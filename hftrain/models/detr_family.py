@@ -19,9 +19,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from hftrain.models import timm_resnet
 from hftrain.models.box_count import normalise_by_global_box_count
 from hftrain.models.criterion import run_loss_in_fp32
-from hftrain.models.pretrained import Loaded, PretrainedNotFound, from_scratch, load_pretrained
-
-__all__ = ["PretrainedNotFound"]  # raised by build_or_load; tests and callers import it from here
+from hftrain.models.pretrained import PretrainedNotFound  # noqa: F401 - raised by build_or_load, imported from here
+from hftrain.models.pretrained import Loaded, from_scratch, load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,6 +18,7 @@ def header_rows(run, data, memory: str, total_steps: int) -> list[tuple[str, str
         ("output dir", str(Path(recipe.output_dir))),
         ("device", f"{accelerator.device} x {processes} process(es) ({accelerator.distributed_type.value})"),
         ("model", model),
+        *([("model weights", run.detector.loaded)] if run.detector.loaded else []),
         ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"),
         ("batch per device", str(per_device)),
         ("workers", f"{recipe.data.num_workers} (torch threads per process: {torch.get_num_threads()})"),

@@ -1,17 +1,20 @@
-"""``hftrain convert``: turn a COCO, VOC, BDD100K or FRED source into a saved dataset.
+"""``hftrain convert``: turn a COCO, VOC, BDD100K, FRED or YOLO source into a saved dataset.
 
 The output folder holds ``datasets.save_to_disk`` files in the project's schema (class names
 in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, sources) and
 ``report.json`` (images, boxes per class, and every dropped or changed box or image by reason).
 Images are referenced by path, relative to the recorded image root; ``--embed-images`` stores
 the encoded bytes in the dataset instead (the paths stay, as the rows' keys).
+
+The output is written to a new folder beside ``--out`` and renamed into place when complete.
+``--overwrite`` replaces only an earlier conversion (a folder holding ``hftrain_dataset.json``),
+removed after the new one is in place; any other non-empty folder is refused untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,9 +25,10 @@ import pyarrow.compute as pc
 
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
+from hftrain.data.output_folder import output_refusal, replace_folder
 from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema, class_names_of
 
-FORMATS = ("coco", "voc", "bdd100k", "fred")
+FORMATS = ("coco", "voc", "bdd100k", "fred", "yolo")
 REPORT_FILE = "report.json"
 
 
@@ -41,6 +45,7 @@ def convert_source(
     read_image_sizes: bool = False,
     check_files: bool = True,
     class_names: list[str] | None = None,
+    fred_boxes: str = "extended",
 ) -> tuple[datasets.Dataset, ConversionReport, Path]:
     """Read one source with its format's reader: (dataset, report, image root).
 
@@ -71,10 +76,23 @@ def convert_source(
         else:
             dataset, report = read_voc(images, sets or ["2007/trainval"], category_map, max_missing, check_files,
                                        class_names)
-    elif fmt == "fred":
-        from hftrain.data.formats.fred import read_fred
+    elif fmt == "yolo":
+        from hftrain.data.formats.yolo import YoloDataset, read_yolo
 
-        dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files)
+        if labels:
+            raise DatasetError(f"yolo: the label files are found from data.yaml; give data.yaml as the images "
+                               f"(--images / data.<split>.images), not labels ({labels})")
+        if not sets:
+            raise DatasetError("yolo: name the data.yaml set(s) to read with --split / data.<split>.sets "
+                               "(train, val or test)")
+        dataset, report = read_yolo(images, sets, category_map, max_missing)
+        images = YoloDataset(images).root
+    elif fmt == "fred":
+        from hftrain.data.formats.fred import fred_image_root, read_fred
+
+        dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files,
+                                    fred_boxes)
+        return dataset, report, fred_image_root(images, labels, sets)  # above the root for linked sequences
     else:
         raise DatasetError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)}, hf)")
     return dataset, report, images.resolve()
@@ -88,6 +106,7 @@ def report_from_dict(data: dict) -> ConversionReport:
         dropped_boxes=Counter(data.get("dropped_boxes", {})),
         changed_boxes=Counter(data.get("changed_boxes", {})),
         dropped_images=Counter(data.get("dropped_images", {})),
+        kept_images=Counter(data.get("kept_images", {})),
         examples=dict(data.get("examples", {})), notes=list(data.get("notes", [])),
     )
 
@@ -188,13 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--images", required=True,
                         help="image folder (coco, bdd100k, voc with --labels), VOCdevkit folder (voc without --labels), "
-                             "or FRED root with sequence folders")
+                             "FRED root (holding train/ and test/, a challenging-split folder of links, or sequence "
+                             "folders), or the dataset's data.yaml (yolo)")
     parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; "
                                          "VOC: the folder of XML files (LabelImg/CVAT/Roboflow), images in --images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", action="append", default=[],
-                        help="VOCdevkit YEAR/SPLIT (2007/trainval), VOC folder: a file listing image ids (XML stems), "
-                             "or FRED split (canonical/train, or a split file); repeatable")
+                        help="VOCdevkit YEAR/SPLIT (2007/trainval); VOC folder: a file listing image ids (XML stems); "
+                             "FRED: train or test (a folder under --images), or a split file (challenging/train, or "
+                             "a .txt path); YOLO: data.yaml set (train, val, test); repeatable")
     parser.add_argument("--classes", help="VOC: class names in order, comma-separated (default: the 20 PASCAL "
                                           "classes for a VOCdevkit, the names found in the XML files sorted for a folder)")
     parser.add_argument("--subset", type=int, help="keep N random images")
@@ -204,11 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of missing image files tolerated before failing (default 0)")
     parser.add_argument("--modality", choices=("rgb", "event"), default="rgb", help="FRED stream")
     parser.add_argument("--drone-classes", choices=("single", "models"), default="single", help="FRED classes")
+    parser.add_argument("--fred-boxes", choices=("extended", "rgb"), default="extended",
+                        help="FRED box file: extended = coordinates.txt (padded, shared space; default), "
+                             "rgb = coordinates_rgb.txt (without the padding)")
     parser.add_argument("--category-map", action="append", default=[], metavar="SOURCE=TARGET",
                         help="rename a source category (SOURCE= drops it); repeatable")
     parser.add_argument("--read-image-sizes", action="store_true",
-                        help="BDD100K: read each image's size instead of assuming 1280x720")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+                        help="BDD100K: read each image's size instead of the frame's own size or 1280x720 "
+                             "(a frame whose own size differs is dropped, counted)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier conversion in --out (a folder holding hftrain_dataset.json); "
+                             "the new one is written beside it first")
     return parser
 
 
@@ -223,11 +250,10 @@ def convert_main(argv: list[str]) -> int:
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            print(f"hftrain convert: {out} exists and is not empty (use --overwrite)", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
+    refusal = output_refusal(out, args.overwrite, [Path(p) for p in (args.images, args.labels) if p])
+    if refusal:
+        print(f"hftrain convert: {refusal}", file=sys.stderr)
+        return 2
     class_names = [name.strip() for name in args.classes.split(",")] if args.classes else None
     if class_names and (not all(class_names) or len(set(class_names)) != len(class_names)):
         parser.error(f"--classes {args.classes!r}: names must be non-empty and distinct")
@@ -235,7 +261,7 @@ def convert_main(argv: list[str]) -> int:
         dataset, report, root = convert_source(
             args.format, args.images, args.labels, sets=args.split or None, modality=args.modality,
             drone_classes=args.drone_classes, category_map=category_map, max_missing=args.max_missing,
-            read_image_sizes=args.read_image_sizes, class_names=class_names,
+            read_image_sizes=args.read_image_sizes, fred_boxes=args.fred_boxes, class_names=class_names,
         )
     except (DatasetError, ValueError) as err:
         print(f"hftrain convert: {err}", file=sys.stderr)
@@ -245,8 +271,9 @@ def convert_main(argv: list[str]) -> int:
         dataset = embed_images(dataset, root)
     sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
                "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes,
-               "classes": class_names}
-    save_converted(dataset, report, root, args.format, out, sources, embedded=args.embed_images)
+               "fred_boxes": args.fred_boxes, "classes": class_names}
+    replace_folder(out, lambda folder: save_converted(dataset, report, root, args.format, folder, sources,
+                                                      embedded=args.embed_images))
     for line in report.lines():
         print(line)
     print(f"wrote {len(dataset)} images to {out} (report: {out / REPORT_FILE})")

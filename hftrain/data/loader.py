@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
+from hftrain.data.blacklist import size_mismatch
 from hftrain.data.collate import Collate
 from hftrain.data.decode import decode_for_size
 from hftrain.data import samplers
@@ -27,8 +28,9 @@ class DetectionDataset(Dataset):
 
     The Arrow table is read row by row (memory-mapped and shared by dataloader workers).
     Crowd and difficult boxes are ignore regions: they are not training targets. An image that
-    fails to decode is replaced by the next one that does (``failed`` counts it), so batches keep
-    their size and every process stays in step with the others.
+    fails to decode, or whose displayed size (after EXIF orientation) is not the row's width and
+    height, is replaced by the next one that does (``failed`` counts it, against
+    ``data.max_bad_fraction``), so batches keep their size and every process stays in step.
     """
 
     def __init__(self, split: LoadedSplit, resize: Resize, hflip: float = 0.0, seed: int = 0, augment=None,
@@ -127,15 +129,26 @@ class DetectionDataset(Dataset):
         }
 
     def _decode(self, row: dict, index: int):
+        """(image, displayed (height, width)), or None (said on the console) when the image does not
+        decode or its displayed size is not the annotated one (the scan's ``size mismatch``: its boxes
+        would not match the pixels, e.g. labels drawn on the unrotated pixels of an EXIF-rotated JPEG)."""
         image_ref = row["image"]
         try:
             if image_ref.get("bytes"):
-                return decode_for_size(image_ref["bytes"], self.draft_for)
-            where = f"row {index} (image_id {row['image_id']})"
-            return decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where), self.draft_for)
+                decoded = decode_for_size(image_ref["bytes"], self.draft_for)
+            else:
+                where = f"row {index} (image_id {row['image_id']})"
+                decoded = decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where), self.draft_for)
         except (OSError, ValueError, SyntaxError) as err:
             print(f"[hftrain] skipping image {image_ref.get('path')!r}: {err}", flush=True)
             return None
+        shown_h, shown_w = decoded[1]
+        mismatch = size_mismatch((row["width"], row["height"]), (shown_w, shown_h))
+        if mismatch:
+            print(f"[hftrain] skipping image {image_ref.get('path')!r} (image_id {row['image_id']}): {mismatch} "
+                  "as displayed after EXIF orientation", flush=True)
+            return None
+        return decoded
 
 
 @dataclass
@@ -173,6 +186,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         return load_split(
             data_cfg.format, split.images, split.labels,
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
+            fred_boxes=data_cfg.fred_boxes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
             cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, class_names=data_cfg.class_names or None,

@@ -84,14 +84,8 @@ def check_schema(dataset: datasets.Dataset, where: str) -> None:
 
 
 def resolve_image_path(root: Path, relative: str, where: str) -> Path:
-    """``root / relative``, refusing paths that leave ``root`` (``..``, absolute, links out)."""
-    if not relative:
-        raise ValueError(f"{where}: empty image path")
-    candidate = Path(relative)
-    if candidate.is_absolute():
-        raise ValueError(f"{where}: image path {relative!r} is absolute; paths must be relative to {root}")
-    root_resolved = root.resolve()
-    full = (root_resolved / candidate).resolve()
-    if full != root_resolved and root_resolved not in full.parents:
-        raise ValueError(f"{where}: image path {relative!r} resolves outside the image root {root}")
-    return full
+    """``root / relative``, refusing paths written to leave ``root`` (absolute, or ``..`` climbing
+    above it); symbolic links in the tree are followed (see ``formats.image_paths``)."""
+    from hftrain.data.formats.image_paths import safe_relative
+
+    return Path(root) / safe_relative(relative, root, where)

@@ -1,11 +1,14 @@
 """Turn a recipe's data split into a dataset in the project's schema, whatever its source format.
 
-Formats: ``coco``, ``voc``, ``bdd100k``, ``fred`` (converted on the fly) and ``hf`` (a folder
+Formats: ``coco``, ``voc``, ``bdd100k``, ``fred``, ``yolo`` (converted on the fly) and ``hf`` (a folder
 written by ``hftrain convert``). With a ``cache_dir`` the converted dataset is cached there,
 keyed by the conversion options and by the path, size and modification time of every label
 file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs, or for a
 VOC folder its list files, both folders and every XML in it; FRED
-split files and each sequence's YOLO label files or coordinates.txt). Touching a label file
+split files and each sequence's YOLO label files, or its box file (coordinates.txt or
+coordinates_rgb.txt, per ``fred_boxes``) and frame folders, whose listing pairs frames with
+times; YOLO data.yaml, its list files, the image folders searched and each image's label
+file). Touching a label file
 rebuilds the cache; image files are not part of the key (the blacklist scan is what checks
 them). Conversion caches are written to a temporary folder and renamed into place, so
 processes converting the same split at once all end with one complete copy.
@@ -50,7 +53,7 @@ class LoadedSplit:
 
 
 def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: list[str] | None,
-                 modality: str) -> list[Path]:
+                 modality: str, fred_boxes: str = "extended") -> list[Path]:
     """The label files a conversion reads, whose path, size and mtime key its cache."""
     if fmt in ("coco", "bdd100k"):
         return [Path(labels)] if labels else []
@@ -62,17 +65,21 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
     if fmt == "voc":
         from hftrain.data.formats.voc import read_voc_ids, voc_set_files
 
-        devkit = Path(labels or images)
+        devkit = Path(images)
         files = voc_set_files(devkit, list(sets or ["2007/trainval"]))
         for spec in sets or ["2007/trainval"]:
             year, ids = read_voc_ids(devkit, spec)
             files.extend(devkit / year / "Annotations" / f"{name}.xml" for name in ids)
         return files
+    if fmt == "yolo":
+        from hftrain.data.formats.yolo import yolo_source_files
+
+        return yolo_source_files(images, list(sets or []))
     if fmt == "fred":
         from hftrain.data.formats.fred import fred_label_files
 
         splits = Path(labels) if labels else Path(images) / "dataset_splits"
-        return fred_label_files(images, splits, sets, modality)
+        return fred_label_files(images, splits, sets, modality, fred_boxes)
     return []
 
 
@@ -100,6 +107,7 @@ def load_split(
     sets: list[str] | None = None,
     modality: str = "rgb",
     drone_classes: str = "single",
+    fred_boxes: str = "extended",
     category_map: dict | None = None,
     max_missing: float = 0.0,
     read_image_sizes: bool = False,
@@ -114,8 +122,10 @@ def load_split(
 ) -> LoadedSplit:
     """Read one split of a recipe.
 
-    ``fmt``: coco, voc, bdd100k, fred or hf. ``images``/``labels``: as for ``hftrain convert``
-    (hf: ``images`` is the converted folder). ``sets``: VOC ``YEAR/SPLIT`` or FRED split names.
+    ``fmt``: coco, voc, bdd100k, fred, yolo or hf. ``images``/``labels``: as for ``hftrain convert``
+    (hf: ``images`` is the converted folder; yolo: the data.yaml). ``sets``: VOC ``YEAR/SPLIT``,
+    FRED split names or YOLO data.yaml sets (``train``, ``val``, ``test``).
+    ``fred_boxes``: FRED's box file, ``extended`` (coordinates.txt) or ``rgb`` (coordinates_rgb.txt).
     ``subset``/``seed``: keep a seeded random sample of rows (counted in the report).
     ``cache_dir``: cache conversions there (None: convert every time). ``blacklist``: a blacklist
     JSON path or ``"auto"`` (scans once; cached in ``cache_dir``, or ~/.cache/hftrain).
@@ -126,7 +136,7 @@ def load_split(
 
     notes: list[str] = []
     options = {
-        "sets": list(sets or []), "modality": modality, "drone_classes": drone_classes,
+        "sets": list(sets or []), "modality": modality, "drone_classes": drone_classes, "fred_boxes": fred_boxes,
         "category_map": category_map or {}, "max_missing": max_missing, "read_image_sizes": read_image_sizes,
         **({"class_names": list(class_names)} if class_names else {}),  # absent when unset: older cache keys stay valid
     }
@@ -138,10 +148,10 @@ def load_split(
         dataset, report, root = convert_source(
             fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
             category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
-            class_names=class_names,
+            fred_boxes=fred_boxes, class_names=class_names,
         )
     else:
-        key = cache_key(fmt, images, labels, options, source_files(fmt, images, labels, sets, modality))
+        key = cache_key(fmt, images, labels, options, source_files(fmt, images, labels, sets, modality, fred_boxes))
         cached = Path(cache_dir) / f"{fmt}-{key}"
         if cached.is_dir():
             notes.append(f"{fmt} {images}: conversion cache hit ({cached})")
@@ -149,7 +159,7 @@ def load_split(
             dataset, report, root = convert_source(
                 fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
                 category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
-                class_names=class_names,
+                fred_boxes=fred_boxes, class_names=class_names,
             )
             _save_atomically(dataset, report, root, fmt, cached, {"images": str(images), "labels": labels, **options})
             notes.append(f"{fmt} {images}: converted and cached in {cached}")
@@ -211,7 +221,8 @@ def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, ke
 
     if blacklist == "auto":
         if key is None:
-            files = source_files(fmt, images, labels, options["sets"], options["modality"]) if fmt != "hf" \
+            files = source_files(fmt, images, labels, options["sets"], options["modality"],
+                                 options["fred_boxes"]) if fmt != "hf" \
                 else [Path(images) / name for name in ("hftrain_dataset.json", "state.json")]
             key = cache_key(fmt, images, labels, options, files)
         path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"blacklist-{fmt}-{key}-min{min_side}.json"

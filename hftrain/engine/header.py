@@ -18,6 +18,7 @@ def header_rows(run, data, memory: str, total_steps: int) -> list[tuple[str, str
         ("output dir", str(Path(recipe.output_dir))),
         ("device", f"{accelerator.device} x {processes} process(es) ({accelerator.distributed_type.value})"),
         ("model", model),
+        *([("model weights", run.detector.loaded)] if run.detector.loaded else []),
         ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"
                  + (f" (val held out of train: data.val.from_train {recipe.data.val.from_train:g}, data.seed "
                     f"{recipe.data.seed})" if recipe.data.val.from_train else "")),

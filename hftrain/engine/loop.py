@@ -28,7 +28,8 @@ from hftrain.models.inputs import model_inputs
 
 
 class TooManyBadImages(RuntimeError):
-    """More images failed to decode during training than ``data.max_bad_fraction`` allows."""
+    """More images failed to decode (or did not match their annotated size) during training than
+    ``data.max_bad_fraction`` allows."""
 
 
 @dataclass
@@ -159,7 +160,7 @@ def count_bad_images(run: Run, skipped: int) -> None:
     run.state.bad_images += skipped
     if run.state.bad_images > run.bad_limit:
         raise TooManyBadImages(
-            f"{run.state.bad_images} images failed to decode on this process (limit {run.bad_limit:.0f}, "
+            f"{run.state.bad_images} images failed to decode or did not match their annotated size on this process (limit {run.bad_limit:.0f}, "
             f"data.max_bad_fraction={run.recipe.data.max_bad_fraction}); run `hftrain scan` and set data.blacklist"
         )
 

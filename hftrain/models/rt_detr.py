@@ -29,12 +29,11 @@ from hftrain.models.postprocess import sigmoid_topk
 
 
 def _detector(cfg, class_names, config_class, model_class, backbone_type: str, fp32_criterion: bool) -> Detector:
-    model = build_or_load(cfg, class_names, config_class, model_class, backbone_type)
-    if not cfg.pretrained:
-        reset_batchnorm_scale(model)
+    model, loaded = build_or_load(cfg, class_names, config_class, model_class, backbone_type)
+    reset_note = None if cfg.pretrained else reset_batchnorm_scale(model)
     config = model.config
     return Detector(
-        model=finish(model, fp32_criterion),
+        model=model,
         postprocess=sigmoid_topk,
         image_processor=RTDetrImageProcessorPil(),
         image_mean=(0.0, 0.0, 0.0),
@@ -43,6 +42,8 @@ def _detector(cfg, class_names, config_class, model_class, backbone_type: str, f
         pad_to_multiple=32,
         find_unused_parameters=not config.auxiliary_loss or backbone_tail_unused(config),
         backbone_prefixes=("model.backbone",),
+        loaded=loaded.summary,
+        notes=loaded.notes + ([reset_note] if reset_note else []) + finish(model, fp32_criterion),
     )
 
 

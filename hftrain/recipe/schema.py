@@ -24,13 +24,16 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     images: str | None = None
-    """Image directory (COCO, VOC folder, FRED root, VOCdevkit) or a converted dataset directory."""
+    """Image directory (COCO, VOC folder, FRED root, VOCdevkit), a YOLO dataset's data.yaml, or a converted
+    dataset directory."""
     labels: str | None = None
     """Annotation file (COCO JSON, BDD100K JSON), or VOC's folder of XML files (LabelImg, CVAT, Roboflow:
     then ``images`` is the image folder; without it ``images`` is a VOCdevkit)."""
     sets: list[str] = field(default_factory=list)
     """Format-specific split names: VOCdevkit ``2007/trainval``; for a VOC folder (``labels`` set), files
-    listing the image ids (XML stems) of this split, one per line; a FRED split name or file."""
+    listing the image ids (XML stems) of this split, one per line; FRED ``train`` or ``test`` (a folder
+    under the root) or a split file (``challenging/train``, or a ``.txt`` path); the data.yaml sets
+    of a YOLO dataset (``[train]``, ``[val]``; required for yolo)."""
     subset: int | None = None
     """Use only this many images (a seeded random subset)."""
     from_train: float | None = None
@@ -95,7 +98,8 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     format: str = "coco"
-    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a directory from
+    ``hftrain convert``)."""
     train: SplitConfig = field(default_factory=SplitConfig)
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -137,7 +141,8 @@ class DataConfig:
     max_missing: float = 0.0
     """Fraction of missing image files tolerated before loading fails."""
     max_bad_fraction: float = 0.01
-    """Fraction of images that may fail to decode during training before the run stops."""
+    """Fraction of images that may fail to decode (or whose decoded size is not their annotated
+    size, e.g. turned by EXIF orientation) during training before the run stops."""
     blacklist: str | None = None
     """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out."""
     cache_dir: str | None = None
@@ -146,6 +151,10 @@ class DataConfig:
     """FRED: which stream to read."""
     drone_classes: Literal["single", "models"] = "single"
     """FRED: one ``drone`` class, or the five drone models where the labels name them."""
+    fred_boxes: Literal["extended", "rgb"] = "extended"
+    """FRED: which box file of each sequence labels the frames: extended reads ``coordinates.txt``
+    (boxes in the padded coordinate space both streams share, as the FRED README recommends), rgb
+    reads ``coordinates_rgb.txt`` (the boxes without the padding)."""
     read_image_sizes: bool = False
     """BDD100K: read each image's size instead of assuming 1280 x 720."""
     seed: int = 0

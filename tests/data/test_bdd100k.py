@@ -10,6 +10,7 @@ from PIL import Image
 import hftrain.data.formats.bdd100k as bdd
 from hftrain.data.formats.bdd100k import BDD100K_CLASSES, iter_json_list, read_bdd100k
 from hftrain.data.formats.coco import DatasetError
+from hftrain.data.schema import objects_of
 from helpers.fixtures_path import fixtures_dir
 
 FIX = fixtures_dir() / "bdd100k"
@@ -151,3 +152,81 @@ def test_streaming_parser_rejects_bad_json(tmp_path, monkeypatch):
     empty = tmp_path / "empty.json"
     empty.write_text(" [ ] ")
     assert list(iter_json_list(empty)) == []
+
+
+DET20 = FIX / "det20_style_2021-03" / "unitest_val_bdd.json"
+
+
+def _det20_frames():
+    return json.loads(DET20.read_text())
+
+
+def _labels(dataset, row=0):
+    return [(o["category"], o["iscrowd"], [round(v, 3) for v in o["bbox"]]) for o in objects_of(dataset[row])]
+
+
+def test_van_and_caravan_map_to_car_as_det_toml(tmp_path):
+    frames = _det20_frames()
+    cars = [label for label in frames[0]["labels"] if label["category"] == "car"]
+    cars[0]["category"], cars[1]["category"] = "van", "caravan"
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(FIX, path, check_files=False)
+    reference, _ = read_bdd100k(FIX, DET20, check_files=False)
+    assert report.boxes_per_class["car"] == 19 and _labels(dataset) == _labels(reference)
+
+
+def test_ignored_labels_become_ignore_regions(tmp_path):
+    frames = _det20_frames()
+    labels = frames[0]["labels"]
+    labels[0]["attributes"]["ignored"] = True  # scalabel's check_ignored: attributes.ignored
+    labels[1]["ignored"] = True  # the same flag written on the label itself
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(FIX, path, check_files=False)
+    assert [o["iscrowd"] for o in objects_of(dataset[0])] == [1, 1] + [0] * 32
+    assert report.boxes == 34
+
+
+def test_scalabel_dataset_object_form_and_its_config_size(tmp_path):
+    frames = _det20_frames() + json.loads((FIX / "scalabel_tests" / "scalabel_det.json").read_text())
+    frames[1]["name"] = "second.jpg"  # the scalabel sample is the same frame: two names for the test
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps(frames))
+    wrapped = tmp_path / "scalabel.json"
+    wrapped.write_text(json.dumps({"frames": frames, "groups": None, "config": None}))
+    as_list, _ = read_bdd100k(FIX, listed, check_files=False)
+    as_object, report = read_bdd100k(FIX, wrapped, check_files=False)
+    assert len(as_object) == 2 and report.boxes == 38
+    assert [_labels(as_object, i) for i in range(2)] == [_labels(as_list, i) for i in range(2)]
+    # the config's imageSize (scalabel's Config.imageSize) is every frame's size without its own
+    wrapped.write_text(json.dumps({"frames": frames, "config": {"imageSize": {"width": 1920, "height": 1080}}}))
+    sized, _ = read_bdd100k(FIX, wrapped, check_files=False)
+    assert [(row["width"], row["height"]) for row in sized] == [(1920, 1080), (1920, 1080)]
+    wrapped.write_text(json.dumps({"images": frames}))
+    with pytest.raises(DatasetError, match=f"{wrapped}: a JSON object without a 'frames' list"):
+        read_bdd100k(FIX, wrapped, check_files=False)
+
+
+def test_a_frames_own_size_is_used_and_checked_against_its_image(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (640, 360)).save(images / name)
+    box = {"id": 1, "category": "car", "box2d": _box(600, 300, 899, 399)}
+    frames = [{"name": "a.jpg", "size": {"width": 640, "height": 360}, "labels": [box]},
+              {"name": "b.jpg", "size": {"width": 1280, "height": 720}, "labels": [box]}]
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(images, path)
+    assert [(row["width"], row["height"]) for row in dataset] == [(640, 360), (1280, 720)]
+    assert _labels(dataset, 0) == [(L["car"], 0, [600, 300, 40, 60])]  # clipped to the frame's own 640x360
+    assert _labels(dataset, 1) == [(L["car"], 0, [600, 300, 300, 100])]
+    dataset, report = read_bdd100k(images, path, read_image_sizes=True)
+    assert dataset["image_id"] == [1] and report.images == 1
+    assert report.dropped_images == {"frame size differs from its image file's": 1}
+    assert "size 1280x720, image 640x360" in report.examples["frame size differs from its image file's"][0]
+    frames[0]["size"] = {"width": "640"}
+    path.write_text(json.dumps(frames))
+    with pytest.raises(DatasetError, match=r"frame 0 \('a.jpg'\) size: .* is not a size"):
+        read_bdd100k(images, path)

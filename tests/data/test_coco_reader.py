@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from hftrain.data.formats.coco import DatasetError, read_coco
+from hftrain.data.schema import objects_of
 from helpers.fixtures_path import fixtures_dir
 
 COCO = fixtures_dir() / "coco"
@@ -91,13 +92,13 @@ def test_path_leaving_the_root_is_rejected_naming_the_entry(tmp_path, images_dir
         read_coco(images_dir, _write(tmp_path, images, [], CATEGORIES))
 
 
-def test_symlink_out_of_the_root_is_rejected(tmp_path, images_dir):
+def test_a_symlink_in_the_users_tree_is_followed_out_of_the_root(tmp_path, images_dir):
     outside = tmp_path / "outside.jpg"
     Image.new("RGB", (10, 10)).save(outside)
     (images_dir / "link.jpg").symlink_to(outside)
     images = [{"id": 9, "file_name": "link.jpg", "width": 10, "height": 10}]
-    with pytest.raises(ValueError, match="image id 9.*outside the image root"):
-        read_coco(images_dir, _write(tmp_path, images, [], CATEGORIES))
+    dataset, report = read_coco(images_dir, _write(tmp_path, images, [], CATEGORIES))
+    assert dataset[0]["image"]["path"] == "link.jpg" and report.images == 1 and not report.dropped_images
 
 
 def test_unknown_category_id_names_file_and_id(tmp_path, images_dir):
@@ -140,3 +141,75 @@ def test_not_json_names_the_file(tmp_path, images_dir):
     path.write_text("{not json")
     with pytest.raises(DatasetError, match=f"{path}: not valid JSON"):
         read_coco(images_dir, path)
+
+
+def _real_coco():
+    return json.loads((COCO / "test_coco.json").read_text())
+
+
+def _write_coco(tmp_path, coco):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_annotations_without_an_image_and_boxes_of_missing_files_are_counted(tmp_path):
+    coco = _real_coco()
+    orphan = dict(coco["annotations"][0], id=1, image_id=123456)  # no image has this id
+    coco["annotations"].append(orphan)
+    path = _write_coco(tmp_path, coco)
+    dataset, report = read_coco(COCO, path)
+    assert report.images == 4 and report.boxes == 14
+    assert report.dropped_boxes == {"annotation whose image_id names no image": 1}
+    assert "image_id 123456" in report.examples["annotation whose image_id names no image"][0]
+    # an image whose file is missing: its image and its 5 boxes are both counted
+    coco["images"][2]["file_name"] = "gone.jpg"
+    dataset, report = read_coco(COCO, _write_coco(tmp_path, coco), max_missing=0.5)
+    assert report.images == 3 and report.boxes == 9
+    assert report.dropped_images == {"missing image file": 1}
+    assert report.dropped_boxes == {"annotation whose image_id names no image": 1, "box of a missing image file": 5}
+
+
+def test_annotations_without_id_get_unique_ids(tmp_path):
+    coco = _real_coco()
+    for ann in coco["annotations"]:
+        if ann["image_id"] != 40083:
+            del ann["id"]  # 11 of 14 without an id, on three images; 40083's keep theirs
+    kept = {a["id"] for a in coco["annotations"] if "id" in a}
+    dataset, report = read_coco(COCO, _write_coco(tmp_path, coco))
+    ids = [o["id"] for row in dataset for o in objects_of(row)]
+    assert len(ids) == 14 and len(set(ids)) == 14  # unique across images
+    assert kept < set(ids) and min(set(ids) - kept) == max(kept) + 1
+    assert report.changed_boxes == {"annotation without an integer id: given a new unique id": 11}
+
+
+def test_string_image_ids_are_numbered_and_kept(tmp_path):
+    coco = _real_coco()
+    names = {785: "a-785", 40083: "b-40083", 196141: "c-196141", 197388: "d-197388"}
+    for image in coco["images"]:
+        image["id"] = names[image["id"]]
+    for ann in coco["annotations"]:
+        ann["image_id"] = names[ann["image_id"]]
+    dataset, report = read_coco(COCO, _write_coco(tmp_path, coco))
+    assert dataset["image_id"] == [1, 2, 3, 4]
+    assert dataset["coco_image_id"] == ["a-785", "b-40083", "c-196141", "d-197388"]
+    assert [len(objects_of(row)) for row in dataset] == [1, 3, 5, 5] and report.boxes == 14
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["images"][1].pop("width"), r"image id 40083 \('000000040083.jpg'\): no 'width'"),
+    (lambda c: c["images"][1].update(height="tall"), r"image id 40083 .*height 'tall' is not a number"),
+    (lambda c: c["annotations"][3].pop("category_id"),
+     r"annotation id \d+ \(annotations\[3\], image 40083\): no 'category_id'"),
+    (lambda c: c["annotations"][2].pop("image_id"), r"annotations\[2\] \(id \d+\): no 'image_id'"),
+    (lambda c: c["categories"][0].pop("name"), r"categories\[0\]: no 'name'"),
+    (lambda c: c.update(annotations={"1": c["annotations"][0]}), r"'annotations' is a dict, not a list"),
+    (lambda c: c["images"][0].update(id=[785]), r"images\[0\]: image id \[785\] is neither an integer nor a string"),
+    (lambda c: c["annotations"][0].update(iscrowd="no"), r"annotation id \d+ .*iscrowd 'no' is not a number"),
+])
+def test_malformed_entries_name_the_file_and_the_entry(tmp_path, edit, message):
+    coco = _real_coco()
+    edit(coco)
+    path = _write_coco(tmp_path, coco)
+    with pytest.raises(DatasetError, match=f"{path}.*{message}"):
+        read_coco(COCO, path)

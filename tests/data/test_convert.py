@@ -93,7 +93,7 @@ def test_convert_errors(tmp_path, capsys):
     (out / "x").write_text("")
     assert convert_main(["coco", "--images", str(FIX / "coco"), "--labels", str(FIX / "coco" / "test_coco.json"),
                          "--out", str(out)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "is not empty and holds no earlier conversion" in capsys.readouterr().err
     assert convert_main(["coco", "--images", str(FIX / "coco"), "--out", str(tmp_path / "o2")]) == 1
     assert "a label file is needed" in capsys.readouterr().err
     assert convert_main(["bdd100k", "--images", str(tmp_path), "--labels",
@@ -177,5 +177,5 @@ def test_load_split_fred_and_subset(tmp_path):
                        subset=4, seed=0, cache_dir=tmp_path / "cache")
     assert len(split.dataset) == 4 and split.report.dropped_images["left out by subset 4 (seed 0)"] == 2
     assert set(split.dataset.column_names) >= {"sequence", "frame", "timestamp"}
-    with pytest.raises(ValueError, match="unknown format 'yolo'"):
-        load_split("yolo", str(root))
+    with pytest.raises(ValueError, match="unknown format 'kitti'"):
+        load_split("kitti", str(root))

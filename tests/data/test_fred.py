@@ -10,6 +10,7 @@ from PIL import Image
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.fred import FRED_MODELS, parse_coordinates, read_fred, read_split_sequences, resolve_split_file
 from hftrain.data.formats.report import ConversionReport
+from hftrain.data.schema import objects_of
 from helpers.fixtures_path import fixtures_dir
 
 FRED = fixtures_dir() / "fred"
@@ -143,11 +144,24 @@ def test_rgb_frames_use_their_own_label_files(tmp_path):
         read_fred(root, sets=["canonical/test"], modality="rgb")
 
 
-def test_rgb_without_yolo_folder_is_an_error(tmp_path):
+def test_rgb_without_yolo_folder_is_read_by_position(tmp_path):
+    # this used to be refused ("needs RGB_YOLO/"), which no FRED release has: the RGB stream is now
+    # labelled by the authors' rule, frame i <- the lines at time (i + 1) * 0.033333
     root = _fred(tmp_path)
     _image(root / "4" / "RGB" / "Video_4_16_03_03.363444.jpg")
-    with pytest.raises(DatasetError, match="no frame name carries a timestamp.*RGB_YOLO"):
+    with pytest.raises(DatasetError, match=r"FRED sequence 4 \(.*\): 1 RGB frames \(RGB/\*\.jpg\) but 3 event"):
         read_fred(root, sets=["canonical/train"], modality="rgb", max_missing=0.5)
+    for stem in ("Video_4_16_03_03.396777", "Video_4_16_03_03.430110"):
+        _image(root / "4" / "RGB" / f"{stem}.jpg")
+    (root / "4" / "coordinates.txt").write_text(
+        "0.033333: 10.0, 5.0, 20.0, 15.0, 1, DJI Mini 2\n0.099999: 1, 2, 9, 12, 1, DJI Mini 2\n0.5: 1, 1, 5, 5, 1, x\n")
+    dataset, report = read_fred(root, sets=["canonical/train"], modality="rgb", max_missing=0.5)
+    seq4 = dataset.filter(lambda r: r["sequence"] == "4")
+    assert seq4["frame"] == ["Video_4_16_03_03.363444", "Video_4_16_03_03.430110"]
+    assert seq4["timestamp"] == [0.033333, 0.099999]
+    assert [objects_of(row)[0]["bbox"] for row in seq4] == [[10, 5, 10, 10], [1, 2, 8, 10]]
+    assert report.dropped_images["frame has no line at its time in coordinates.txt"] == 1
+    assert report.dropped_boxes["time matches no frame"] == 1
 
 
 def test_event_frames_matched_by_name_not_position(tmp_path):

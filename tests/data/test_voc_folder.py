@@ -15,7 +15,7 @@ from conftest import tiny_recipe, write_recipe
 from helpers.fixtures_path import shared_dataset
 from hftrain.data.convert import convert_main, load_converted, load_converted_report
 from hftrain.data.formats.coco import DatasetError
-from hftrain.data.formats.voc import read_voc_folder
+from hftrain.data.formats.voc import BY_FILENAME, read_voc_folder
 from hftrain.data.schema import class_names_of, objects_of
 
 KANGAROO = shared_dataset("kangaroo")
@@ -36,7 +36,8 @@ def kangaroo(tmp_path):
 def test_kangaroo_slice_boxes_by_hand(kangaroo):
     dataset, report = read_voc_folder(kangaroo / "images", kangaroo / "annots")
     assert class_names_of(dataset) == ["kangaroo"]
-    assert [r["voc_id"] for r in dataset] == SLICE and [r["image"]["path"] for r in dataset] == [f"{s}.jpg" for s in SLICE]
+    assert [r["voc_id"] for r in dataset] == SLICE
+    assert [r["image"]["path"] for r in dataset] == [f"{s}.jpg" for s in SLICE]
     first = dataset[0]
     # 00001.xml: 450x319, kangaroos at 233,89,386,262 and 134,105,341,253 (1-based inclusive corners)
     assert (first["width"], first["height"]) == (450, 319)
@@ -111,7 +112,8 @@ def test_image_matching_by_stem_fallback_and_what_is_counted(tmp_path):
     assert {r["voc_id"]: r["image"]["path"] for r in dataset} == {"a": "a.jpg", "b": "photo_b.jpg"}
     assert report.dropped_images == {"missing image file": 1, "image already annotated by another XML": 1,
                                      "image without an XML file": 2}  # extra.jpg, wrong.jpg
-    assert any(note.startswith("1 images found by the XML's <filename>") for note in report.notes)
+    assert report.kept_images == {BY_FILENAME: 1}
+    assert report.examples[BY_FILENAME] == [f"{labels / 'b.xml'} -> photo_b.jpg"]
 
 
 def test_roboflow_layout_list_files_and_bad_input(tmp_path):
@@ -140,7 +142,8 @@ def test_helpful_errors_for_the_wrong_folder(tmp_path, kangaroo, capsys):
     assert convert_main(["voc", "--images", str(kangaroo / "images"), "--labels", str(tmp_path / "VOCdevkit"),
                          "--out", str(tmp_path / "o2")]) == 1
     assert "looks like a VOCdevkit" in capsys.readouterr().err
-    assert convert_main(["coco", "--images", "x", "--labels", "y.json", "--classes", "a", "--out", str(tmp_path / "o3")]) == 1
+    assert convert_main(["coco", "--images", "x", "--labels", "y.json", "--classes", "a",
+                         "--out", str(tmp_path / "o3")]) == 1
     assert "apply to voc only" in capsys.readouterr().err
 
 

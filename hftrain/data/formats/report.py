@@ -19,6 +19,9 @@ class ConversionReport:
     dropped_boxes: Counter = field(default_factory=Counter)
     changed_boxes: Counter = field(default_factory=Counter)
     dropped_images: Counter = field(default_factory=Counter)
+    kept_images: Counter = field(default_factory=Counter)
+    """Images kept as they are but worth knowing about, by reason (a YOLO image whose label file
+    is missing or empty: an image without objects)."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """Up to a few example entries per reason, so a user can find them."""
     notes: list[str] = field(default_factory=list)
@@ -37,6 +40,10 @@ class ConversionReport:
         self.dropped_images[reason] += 1
         self._example(reason, where)
 
+    def keep_image(self, reason: str, where: str) -> None:
+        self.kept_images[reason] += 1
+        self._example(reason, where)
+
     def _example(self, reason: str, where: str, limit: int = 5) -> None:
         shown = self.examples.setdefault(reason, [])
         if len(shown) < limit:
@@ -51,6 +58,7 @@ class ConversionReport:
             "dropped_boxes": dict(self.dropped_boxes),
             "changed_boxes": dict(self.changed_boxes),
             "dropped_images": dict(self.dropped_images),
+            "kept_images": dict(self.kept_images),
             "examples": self.examples,
             "notes": self.notes,
         }
@@ -68,6 +76,7 @@ class ConversionReport:
             ("dropped images", self.dropped_images),
             ("dropped boxes", self.dropped_boxes),
             ("changed boxes", self.changed_boxes),
+            ("kept images", self.kept_images),
         ):
             for reason, count in sorted(counter.items()):
                 example = self.examples.get(reason, [""])[0]

@@ -5,7 +5,7 @@ ImageSets/Main/<split>.txt}``. A set is named ``<year>/<split>`` (``2007/trainva
 ``VOC`` prefix is optional), and several combine: ``["2007/trainval", "2012/trainval"]`` is the
 usual VOC07+12. The image of ``Annotations/<id>.xml`` is ``JPEGImages/<id>.jpg``, as the devkit
 and every reference loader take it; ``<filename>`` is not used (XMLs whose ``<filename>`` names
-another file are counted in the report's notes). Image paths are relative to the ``VOCdevkit``
+another file are counted in the report's kept images). Image paths are relative to the ``VOCdevkit``
 folder. Classes: the 20 PASCAL classes in the standard order, unless ``class_names`` is given.
 
 **Folder** (``read_voc_folder``): what LabelImg, CVAT and Roboflow write as "Pascal VOC", a
@@ -13,7 +13,7 @@ folder of XML files (one per image, ``<annotation>`` root) and a folder of image
 the same folder. The image of ``<stem>.xml`` is the file of the image folder with the same stem
 (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.webp``, ``.tif``, ``.tiff``, any case); only when
 no image has that stem is the XML's ``<filename>`` (its last path component, looked up in the
-image folder) used, each such image counted in the notes. Optional list files (one image id,
+image folder) used, each such image counted in the report's kept images. Optional list files (one image id,
 i.e. XML stem, per line, as ``ImageSets/Main/<split>.txt``) choose the XMLs; without them every
 XML of the folder is read, and images without an XML are counted as dropped. Classes: the names
 found in the XML files sorted by name, unless ``class_names`` is given (then any other name is
@@ -90,6 +90,9 @@ def read_voc_ids(devkit: Path, spec: str) -> tuple[str, list[str]]:
             ids.append(fields[0])  # per-class lists (<class>_<split>.txt) carry a second column
     return year, ids
 
+
+RENAMED = "<filename> names another file: the image is JPEGImages/<id>.jpg, as in the devkit"
+BY_FILENAME = "image found by the XML's <filename> (no image has the XML's name)"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """Image files of a VOC folder (compared in lower case)."""
@@ -187,7 +190,8 @@ def _build(images: list[_Image], class_names: list[str], category_map: dict[str,
             box = clean_xywh([xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1], image.width, image.height,
                              report, where)
             if box is not None:
-                columns.add_object_counted(report, columns.objects_added() + 1, box, label_of[name], difficult=difficult)
+                columns.add_object_counted(report, columns.objects_added() + 1, box, label_of[name],
+                                           difficult=difficult)
         columns.add_image(image.relative, len(columns) + 1, image.width, image.height, voc_id=image.voc_id)
         report.images += 1
     return columns.build()
@@ -224,8 +228,7 @@ def read_voc(
     root = ImageRoot(devkit)
     seen: set[str] = set()
     parsed: list[_Image] = []
-    missing = total = renamed = 0
-    renamed_example = ""
+    missing = total = 0
 
     for spec in sets:
         year, ids = read_voc_ids(devkit, spec)
@@ -241,8 +244,7 @@ def read_voc(
             relative, exists = root.check(f"{year}/JPEGImages/{image_name}.jpg", str(xml_path))
             file_name = (annotation.findtext("filename") or "").strip()
             if file_name and file_name != f"{image_name}.jpg":
-                renamed += 1
-                renamed_example = renamed_example or f"{xml_path}: {file_name}"
+                report.keep_image(RENAMED, f"{xml_path}: {file_name}")
             path = devkit / relative
             if check_files and not exists:
                 missing += 1
@@ -251,9 +253,6 @@ def read_voc(
             parsed.append(_read_image(annotation, xml_path, path, relative, voc_id, report))
 
     check_missing(report, missing, total, report.source, devkit, max_missing)
-    if renamed:
-        report.notes.append(f"{renamed} XML files name another file in <filename>; their image is JPEGImages/<id>.jpg "
-                            f"as in the devkit (e.g. {renamed_example})")
     if class_names:
         report.notes.append(f"classes as given: {', '.join(classes)}")
     return _build(parsed, classes, category_map, report, "classes" if class_names else "VOC classes"), report
@@ -289,7 +288,8 @@ def voc_folder_xmls(annotations_dir: str | Path, list_files: list[str] | None = 
     if not xmls:
         devkit_like = any(child.name.upper().startswith("VOC") and (child / "Annotations").is_dir()
                           for child in annotations.iterdir())
-        hint = "; it looks like a VOCdevkit: give it as --images (data.<split>.images) without --labels" if devkit_like else ""
+        hint = ("; it looks like a VOCdevkit: give it as --images (data.<split>.images) without --labels"
+                if devkit_like else "")
         raise DatasetError(f"{annotations}: no .xml files in this folder{hint}")
     return [(xml, f"in {annotations}") for xml in xmls]
 
@@ -321,8 +321,7 @@ def read_voc_folder(
     used: dict[str, str] = {}
     seen: set[str] = set()
     parsed: list[_Image] = []
-    missing = by_filename = 0
-    by_filename_example = ""
+    missing = 0
 
     for xml_path, listed in xmls:
         stem = xml_path.stem
@@ -354,8 +353,7 @@ def read_voc_folder(
             continue
         used[name] = xml_path.name
         if fallback:
-            by_filename += 1
-            by_filename_example = by_filename_example or f"{xml_path} -> {file_name}"
+            report.keep_image(BY_FILENAME, f"{xml_path} -> {file_name}")
         parsed.append(_read_image(annotation, xml_path, images_root / name, name, stem, report))
 
     check_missing(report, missing, len(xmls), report.source, images_root, max_missing)
@@ -364,9 +362,6 @@ def read_voc_folder(
             for name in names:
                 if name not in used:
                     report.drop_image("image without an XML file", str(images_root / name))
-    if by_filename:
-        report.notes.append(f"{by_filename} images found by the XML's <filename> (no image has the XML's name), "
-                            f"e.g. {by_filename_example}")
     if class_names:
         classes = _class_list(class_names, category_map)
         report.notes.append(f"classes as given: {', '.join(classes)}")

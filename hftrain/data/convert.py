@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
-from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
+from hftrain.data.schema import IMAGE_ROOT_FILE, OLD_SCHEMA, SCHEMA_VERSION, check_schema, class_names_of
 
 FORMATS = ("coco", "voc", "bdd100k", "fred")
 REPORT_FILE = "report.json"
@@ -78,6 +78,7 @@ def report_from_dict(data: dict) -> ConversionReport:
         changed_boxes=Counter(data.get("changed_boxes", {})),
         dropped_images=Counter(data.get("dropped_images", {})),
         examples=dict(data.get("examples", {})),
+        category_ids={name: list(ids) for name, ids in data.get("category_ids", {}).items()},
     )
 
 
@@ -98,9 +99,9 @@ def take_subset(dataset: datasets.Dataset, report: ConversionReport, subset: int
 
 def count_boxes(dataset: datasets.Dataset) -> tuple[int, Counter]:
     """(number of boxes, boxes per class name) in a dataset of the schema."""
-    names = dataset.features["objects"].feature["category"].names
+    names = class_names_of(dataset)
     column = dataset.with_format("arrow").select_columns(["objects"])[:]["objects"].combine_chunks()
-    categories = pc.list_flatten(column).field("category").to_numpy(zero_copy_only=False)
+    categories = pc.list_flatten(column.field("category")).to_numpy(zero_copy_only=False)
     counts = np.bincount(categories, minlength=len(names)) if len(categories) else np.zeros(len(names), int)
     return int(counts.sum()), Counter({names[i]: int(c) for i, c in enumerate(counts) if c})
 
@@ -118,37 +119,62 @@ def embed_images(dataset: datasets.Dataset, image_root: Path) -> datasets.Datase
 
 def save_converted(dataset: datasets.Dataset, report: ConversionReport, image_root: Path, fmt: str,
                    out: str | Path, sources: dict | None = None, embedded: bool = False) -> Path:
-    """Write the dataset, its sidecar and its report to ``out`` (created)."""
+    """Write the dataset, its sidecar and its report to ``out`` (created).
+
+    The ``image`` column is written as its plain ``{bytes, path}`` storage and then declared an
+    ``Image`` feature in ``dataset_info.json``: ``save_to_disk`` embeds the file of every
+    ``Image`` path it writes, which would copy all images and replace their paths by base names.
+    ``datasets.load_from_disk`` then reads it as the Hub detection schema (``Image``, decoded).
+    """
     out = Path(out)
-    dataset.save_to_disk(str(out))
+    features = dataset.features
+    storage = datasets.Features({**features, "image": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
+    table = dataset.with_format(None).data.replace_schema_metadata(None)  # the features are storage's
+    plain = datasets.Dataset(table, info=datasets.DatasetInfo(features=storage),
+                             indices_table=dataset._indices)
+    plain.save_to_disk(str(out))
+    info = datasets.DatasetInfo.from_directory(str(out))
+    info.features = datasets.Features({**features, "image": datasets.Image()})
+    info.write_to_directory(str(out))
     sidecar = {
         "format": fmt,
+        "schema_version": SCHEMA_VERSION,
         "image_root": str(Path(image_root).resolve()),
         "embedded_images": embedded,
         "sources": sources or {},
-        "class_names": dataset.features["objects"].feature["category"].names,
+        "class_names": class_names_of(dataset),
+        "category_ids": report.category_ids,
     }
     (out / IMAGE_ROOT_FILE).write_text(json.dumps(sidecar, indent=2))
     report.save(out / REPORT_FILE)
     return out
 
 
-def load_converted(folder: str | Path) -> tuple[datasets.Dataset, Path]:
-    """(dataset, image root) of a folder written by ``hftrain convert`` (format ``hf``)."""
-    folder = Path(folder)
-    sidecar = folder / IMAGE_ROOT_FILE
-    if not sidecar.is_file():
-        raise DatasetError(f"{folder}: no {IMAGE_ROOT_FILE}; not a dataset written by `hftrain convert`")
+def read_sidecar(folder: str | Path) -> dict:
+    """The ``hftrain_dataset.json`` of a folder written by ``hftrain convert``."""
+    sidecar = Path(folder) / IMAGE_ROOT_FILE
     try:
         meta = json.loads(sidecar.read_text())
-        root = Path(meta["image_root"])
-    except (json.JSONDecodeError, KeyError) as err:
+        Path(meta["image_root"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DatasetError(f"{sidecar}: unreadable sidecar ({err})") from None
+    return meta
+
+
+def load_converted(folder: str | Path) -> tuple[datasets.Dataset, Path]:
+    """(dataset, image root) of a folder written by ``hftrain convert`` (format ``hf``), its
+    images read undecoded. A folder of the older schema is refused, asking for a new conversion."""
+    folder = Path(folder)
+    if not (folder / IMAGE_ROOT_FILE).is_file():
+        raise DatasetError(f"{folder}: no {IMAGE_ROOT_FILE}; not a dataset written by `hftrain convert`")
+    meta = read_sidecar(folder)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(f"{folder}: {OLD_SCHEMA}")
     dataset = datasets.load_from_disk(str(folder))
     if not isinstance(dataset, datasets.Dataset):
         raise DatasetError(f"{folder}: holds a {type(dataset).__name__}, not one dataset split")
     check_schema(dataset, str(folder))
-    return dataset, root
+    return dataset.cast_column("image", datasets.Image(decode=False)), Path(meta["image_root"])
 
 
 def load_converted_report(folder: str | Path) -> ConversionReport:

@@ -105,8 +105,10 @@ class DetectionDataset(Dataset):
             failed = 1  # a failed image leaves its cache slot empty: tried again next time
         else:
             raise RuntimeError(f"no image of the dataset under {self.image_root} decodes")
-        objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
-        boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
+        objects = row["objects"]  # the Hub's dict of lists
+        train = ~(np.asarray(objects["iscrowd"], dtype=bool) | np.asarray(objects["difficult"], dtype=bool))
+        boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)[train]
+        labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1)[train]
         if cached is not None:
             pixels, boxes = cached, resize_boxes(boxes, (row["height"], row["width"]), tuple(cached.shape[1:]))
         else:
@@ -119,7 +121,7 @@ class DetectionDataset(Dataset):
         return {
             "pixel_values": pixels,
             "boxes": boxes,
-            "class_labels": torch.tensor([o["category"] for o in objects], dtype=torch.long),
+            "class_labels": torch.from_numpy(labels),
             "image_id": row["image_id"],
             "orig_size": (row["height"], row["width"]),
             "failed": failed,  # this sample stands in for one that failed to decode (counted)

@@ -28,7 +28,7 @@ import datasets
 
 from hftrain.data.formats.report import ConversionReport
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the Hub detection schema (Image feature, objects a dict of lists)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hftrain"
 
 

@@ -13,6 +13,8 @@ import io
 
 import numpy as np
 
+from hftrain.metrics.objects import per_object
+
 STAT_NAMES = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
     "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
@@ -28,7 +30,7 @@ def ground_truth(rows, class_names: list[str]) -> dict:
     images, annotations = [], []
     for row in rows:
         images.append({"id": int(row["image_id"]), "width": int(row["width"]), "height": int(row["height"])})
-        for obj in row["objects"]:
+        for obj in per_object(row["objects"]):
             x, y, w, h = (float(v) for v in obj["bbox"])
             annotations.append({
                 "id": len(annotations) + 1,

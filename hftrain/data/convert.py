@@ -1,7 +1,9 @@
-"""``hftrain convert``: turn a COCO, VOC, BDD100K or FRED source into a saved dataset.
+"""``hftrain convert``: turn a COCO, VOC, BDD100K, FRED or Hugging Face (``hf``) source into a saved dataset.
 
-The output folder holds ``datasets.save_to_disk`` files in the project's schema (class names
-in the ClassLabel), the sidecar ``hftrain_dataset.json`` (format, image root, sources) and
+The output folder holds ``datasets.save_to_disk`` files in the project's schema, the Hub
+detection schema (``datasets.load_from_disk`` reads it as such: class names in the ClassLabel,
+``image`` an ``Image`` feature), the sidecar ``hftrain_dataset.json`` (schema version, format,
+image root, sources, class names and each class's original category ids) and
 ``report.json`` (images, boxes per class, and every dropped or changed box or image by reason).
 Images are referenced by path, relative to the recorded image root; ``--embed-images`` stores
 the encoded bytes in the dataset instead (the paths stay, as the rows' keys).
@@ -24,7 +26,7 @@ from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.schema import IMAGE_ROOT_FILE, OLD_SCHEMA, SCHEMA_VERSION, check_schema, class_names_of
 
-FORMATS = ("coco", "voc", "bdd100k", "fred")
+FORMATS = ("coco", "voc", "bdd100k", "fred", "hf")
 REPORT_FILE = "report.json"
 
 
@@ -40,8 +42,17 @@ def convert_source(
     max_missing: float = 0.0,
     read_image_sizes: bool = False,
     check_files: bool = True,
+    recipe_split: str = "train",
 ) -> tuple[datasets.Dataset, ConversionReport, Path]:
-    """Read one source with its format's reader: (dataset, report, image root)."""
+    """Read one source with its format's reader: (dataset, report, image root). ``recipe_split``
+    (train or val): which split of an ``hf`` source is read when ``sets`` names none."""
+    if fmt == "hf":
+        from hftrain.data.formats.hub import read_hub
+
+        if labels or len(sets or []) > 1:
+            raise DatasetError(f"hf: give the dataset as images (--images / data.<split>.images) and at most one "
+                               f"split name as sets/--split (got labels {labels!r}, sets {sets})")
+        return read_hub(str(images), (sets or [None])[0], recipe_split, category_map)
     images = Path(images)
     if fmt in ("coco", "bdd100k") and not labels:
         raise DatasetError(f"{fmt}: a label file is needed (--labels / data.<split>.labels)")
@@ -65,7 +76,7 @@ def convert_source(
 
         dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files)
     else:
-        raise DatasetError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)}, hf)")
+        raise DatasetError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     return dataset, report, images.resolve()
 
 
@@ -202,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--images", required=True,
-                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), or FRED root with sequence folders")
+                        help="image folder (coco, bdd100k), VOCdevkit folder (voc), FRED root with sequence folders, "
+                             "or (hf) a save_to_disk folder, an imagefolder with metadata.jsonl or a Hub dataset id")
     parser.add_argument("--labels", help="label file (coco, bdd100k); FRED: the dataset_splits folder; VOC: unused")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", action="append", default=[],
-                        help="VOC YEAR/SPLIT (2007/trainval) or FRED split (canonical/train, or a split file); repeatable")
+                        help="VOC YEAR/SPLIT (2007/trainval), FRED split (canonical/train, or a split file), "
+                             "or the hf dataset's split (default train); repeatable")
     parser.add_argument("--subset", type=int, help="keep N random images")
     parser.add_argument("--seed", type=int, default=0, help="seed for --subset")
     parser.add_argument("--embed-images", action="store_true", help="store image bytes instead of paths")
@@ -250,7 +263,7 @@ def convert_main(argv: list[str]) -> int:
     dataset = take_subset(dataset, report, args.subset, args.seed)
     if args.embed_images:
         dataset = embed_images(dataset, root)
-    sources = {"images": str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
+    sources = {"images": args.images if args.format == "hf" else str(Path(args.images).resolve()), "labels": str(Path(args.labels).resolve()) if args.labels else None,
                "sets": args.split, "modality": args.modality, "drone_classes": args.drone_classes}
     save_converted(dataset, report, root, args.format, out, sources, embedded=args.embed_images)
     for line in report.lines():

@@ -145,6 +145,9 @@ class DataBundle:
     val: DetectionDataset
     class_names: list[str]
     notes: list[str]
+    category_ids: list[int] | None = None
+    """The dataset's own category id of each class (``report.category_ids``; the first one where
+    ``category_map`` merged several), for writing predictions back in them; None if it has none."""
 
     def ram_caches(self) -> list:
         """The RAM caches of the splits (``data.cache: ram``), each once."""
@@ -177,7 +180,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
         )
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
@@ -193,7 +196,15 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         val=DetectionDataset(loaded["val"], resize, hflip=0.0, cache=caches.get("val")),
         class_names=class_names,
         notes=notes + cache_notes,
+        category_ids=source_category_ids(loaded["train"].report.category_ids, class_names),
     )
+
+
+def source_category_ids(category_ids: dict[str, list[int]], class_names: list[str]) -> list[int] | None:
+    """The source's id of each class, in label order (None unless every class has one)."""
+    if not all(category_ids.get(name) for name in class_names):
+        return None
+    return [min(category_ids[name]) for name in class_names]
 
 
 def share_by_name(worker_id: int) -> None:

@@ -59,13 +59,17 @@ def detection_arrays(predictions: list[dict]) -> tuple[np.ndarray, np.ndarray, n
     return image_ids, labels, xywh, scores
 
 
-def predictions_to_coco(predictions: list[dict]) -> list[dict]:
+def predictions_to_coco(predictions: list[dict], category_ids: list[int] | None = None) -> list[dict]:
     """Per-image ``{image_id, boxes (xyxy), scores, labels}`` to COCO result entries (xywh), the
     input of ``COCO.loadRes``. Converted in one numpy pass over all detections, then turned into
-    Python numbers with ``tolist``: 500,000 detections take a fraction of a second."""
+    Python numbers with ``tolist``: 500,000 detections take a fraction of a second.
+    ``category_ids``: the ``category_id`` written for each label (the dataset's own ids, for a
+    COCO results file); None writes the labels themselves."""
     if not predictions:
         return []
     image_ids, labels, xywh, scores = detection_arrays(predictions)
+    if category_ids is not None:
+        labels = np.asarray(category_ids, dtype=np.int64)[labels]
     return [
         {"image_id": image_id, "category_id": label, "bbox": bbox, "score": score}
         for image_id, label, bbox, score in zip(image_ids.tolist(), labels.tolist(), xywh.tolist(), scores.tolist())

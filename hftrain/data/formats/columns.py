@@ -89,11 +89,15 @@ class DetectionColumns:
             raise KeyError(f"extra columns {sorted(unknown)} were not declared (declared: {sorted(self.extra)})")
         self.offsets.append(len(self.object_ids))
 
-    def build(self) -> datasets.Dataset:
+    def build(self, image_storage: pa.StructArray | None = None) -> datasets.Dataset:
         """The dataset in the Hub detection schema (``objects`` a dict of lists sharing one offsets
-        array, class names in the ClassLabel, ``image`` an ``Image`` feature read undecoded)."""
+        array, class names in the ClassLabel, ``image`` an ``Image`` feature read undecoded).
+        ``image_storage``: the ``image`` column as an Arrow ``{bytes, path}`` struct, one per image
+        (for sources already holding it; the paths and bytes given to ``add_image`` are then unused)."""
         if self.pending_objects():
             raise RuntimeError("objects were added after the last add_image")
+        if image_storage is not None and len(image_storage) != len(self):
+            raise ValueError(f"image_storage has {len(image_storage)} rows for {len(self)} images")
         features = detection_features(self.class_names, self.extra)
         schema = features.arrow_schema
         count = len(self.object_ids)
@@ -116,7 +120,7 @@ class DetectionColumns:
             [pa.ListArray.from_arrays(offsets, children[field.name], type=field.type) for field in objects_type],
             fields=list(objects_type),
         )
-        image = pa.StructArray.from_arrays(
+        image = image_storage if image_storage is not None else pa.StructArray.from_arrays(
             [pa.array(self.blobs, pa.binary()), pa.array(self.paths, pa.string())],
             fields=list(schema.field("image").type),
         )

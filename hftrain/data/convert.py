@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.compute as pc
+from datasets.fingerprint import generate_random_fingerprint
 
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.report import ConversionReport
@@ -141,8 +142,8 @@ def save_converted(dataset: datasets.Dataset, report: ConversionReport, image_ro
     features = dataset.features
     storage = datasets.Features({**features, "image": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}})
     table = dataset.with_format(None).data.replace_schema_metadata(None)  # the features are storage's
-    plain = datasets.Dataset(table, info=datasets.DatasetInfo(features=storage),
-                             indices_table=dataset._indices)
+    plain = datasets.Dataset(table, info=datasets.DatasetInfo(features=storage), indices_table=dataset._indices,
+                             fingerprint=generate_random_fingerprint())  # hashing the table would cost a copy
     plain.save_to_disk(str(out))
     info = datasets.DatasetInfo.from_directory(str(out))
     info.features = datasets.Features({**features, "image": datasets.Image()})

@@ -97,6 +97,14 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     with pytest.raises(DatasetError, match=r"has no split 'test' \(splits: \['train', 'validation'\]\).*sets"):
         load_split("hf", str(both), sets=["test"])
 
+    # `hftrain convert hf` writes it as an hftrain folder (images embedded, as they came), read back the same
+    out = tmp_path / "converted"
+    assert convert_main(["hf", "--images", str(both), "--split", "validation", "--out", str(out)]) == 0
+    converted = load_split("hf", str(out))
+    assert converted.report.category_ids == {"cat": [0], "person": [1]}
+    assert [objects_of(r) for r in converted.dataset] == [objects_of(r) for r in val.dataset]
+    assert converted.dataset[0]["image"]["bytes"] == val.dataset[0]["image"]["bytes"] is not None
+
 
 def val_ids(rows):
     return [r["image_id"] for r in rows]
@@ -174,6 +182,9 @@ def test_errors_name_the_column_or_key(tmp_path):
     _dataset([bad]).save_to_disk(str(tmp_path / "c"))
     with pytest.raises(DatasetError, match=r"row 0: objects\.area has 1 entries, objects.bbox 3"):
         load_split("hf", str(tmp_path / "c"))
+    _dataset([row, {**row, "image": None}]).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DatasetError, match="row 1: column 'image' holds neither bytes nor a path"):
+        load_split("hf", str(tmp_path / "d"))
 
 
 def test_converted_output_reads_as_the_transformers_example_reads_it(tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image as PILImage
 
 from hftrain.data.formats.boxes import clean_xywh
@@ -167,6 +168,11 @@ def from_hub_schema(
             report.category_ids.setdefault(target, []).append(source_id)
 
     image_storage = _image_storage(dataset)
+    empty = pc.and_(image_storage.field("bytes").is_null(), image_storage.field("path").is_null())
+    if image_storage.null_count or pc.any(empty).as_py():
+        row = next(i for i, (whole, none) in enumerate(zip(image_storage.is_null().to_pylist(), empty.to_pylist()))
+                   if whole or none)
+        raise DatasetError(f"{where} row {row}: column 'image' holds neither bytes nor a path")
     roots = _image_root(image_storage, base or Path.cwd())
     sizes = None
     if "width" not in labels.column_names or "height" not in labels.column_names:
@@ -237,7 +243,7 @@ def _source_classes(labels: datasets.Dataset, feature, as_lists: bool, where: st
         raise DatasetError(f"{where}: objects.category must be a ClassLabel, integers or strings, got {feature}")
     column = labels.with_format("arrow").select_columns(["objects"])[:]["objects"].combine_chunks()
     values = column.field("category").flatten() if as_lists else column.flatten().field("category")
-    distinct = sorted(v for v in pa.compute.unique(values).to_pylist() if v is not None)
+    distinct = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
     if feature.dtype == "string":
         return distinct, [None] * len(distinct), distinct
     return [str(v) for v in distinct], distinct, distinct

@@ -165,6 +165,14 @@ def test_hub_id_that_cannot_be_reached_says_so(tmp_path, monkeypatch):
         load_split("hf", "nobody/no-such-detection-set")
     with pytest.raises(DatasetError, match="does not exist"):
         load_split("hf", str(tmp_path / "missing" / "folder"))
+    # a recipe naming a Hub id is not refused as a missing path (a missing local folder still is)
+    from hftrain.recipe import RecipeError, load_recipe
+
+    recipe = {"data": {"format": "hf", "train": {"images": "cppe-5"}, "val": {"images": "nobody/cppe-5-copy"}}}
+    assert load_recipe(write_recipe(tmp_path / "hub.yaml", recipe)).data.train.images == "cppe-5"
+    recipe["data"]["val"]["images"] = str(tmp_path / "missing")
+    with pytest.raises(RecipeError, match=r"data.val.images: path .*missing does not exist"):
+        load_recipe(write_recipe(tmp_path / "local.yaml", recipe))
 
 
 def test_errors_name_the_column_or_key(tmp_path):

@@ -107,8 +107,10 @@ class DetectionDataset(Dataset):
             failed = 1  # a failed image leaves its cache slot empty: tried again next time
         else:
             raise RuntimeError(f"no image of the dataset under {self.image_root} decodes")
-        objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
-        boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
+        objects = row["objects"]  # the Hub's dict of lists
+        train = ~(np.asarray(objects["iscrowd"], dtype=bool) | np.asarray(objects["difficult"], dtype=bool))
+        boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)[train]
+        labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1)[train]
         if cached is not None:
             pixels, boxes = cached, resize_boxes(boxes, (row["height"], row["width"]), tuple(cached.shape[1:]))
         else:
@@ -121,7 +123,7 @@ class DetectionDataset(Dataset):
         return {
             "pixel_values": pixels,
             "boxes": boxes,
-            "class_labels": torch.tensor([o["category"] for o in objects], dtype=torch.long),
+            "class_labels": torch.from_numpy(labels),
             "image_id": row["image_id"],
             "orig_size": (row["height"], row["width"]),
             "failed": failed,  # this sample stands in for one that failed to decode (counted)
@@ -156,6 +158,9 @@ class DataBundle:
     val: DetectionDataset
     class_names: list[str]
     notes: list[str]
+    category_ids: list[int] | None = None
+    """The dataset's own category id of each class (``report.category_ids``; the first one where
+    ``category_map`` merged several), for writing predictions back in them; None if it has none."""
 
     def ram_caches(self) -> list:
         """The RAM caches of the splits (``data.cache: ram``), each once."""
@@ -189,7 +194,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
             fred_boxes=data_cfg.fred_boxes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
         )
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
@@ -205,7 +210,15 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         val=DetectionDataset(loaded["val"], resize, hflip=0.0, cache=caches.get("val")),
         class_names=class_names,
         notes=notes + cache_notes,
+        category_ids=source_category_ids(loaded["train"].report.category_ids, class_names),
     )
+
+
+def source_category_ids(category_ids: dict[str, list[int]], class_names: list[str]) -> list[int] | None:
+    """The source's id of each class, in label order (None unless every class has one)."""
+    if not all(category_ids.get(name) for name in class_names):
+        return None
+    return [min(category_ids[name]) for name in class_names]
 
 
 def share_by_name(worker_id: int) -> None:

@@ -24,6 +24,9 @@ class ConversionReport:
     is missing or empty: an image without objects)."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """Up to a few example entries per reason, so a user can find them."""
+    category_ids: dict[str, list[int]] = field(default_factory=dict)
+    """The source's own category ids of each class name (several when ``category_map`` merges
+    categories; empty when the source has no ids of its own): predictions are written back in them."""
 
     def drop_box(self, reason: str, where: str) -> None:
         self.dropped_boxes[reason] += 1
@@ -57,6 +60,7 @@ class ConversionReport:
             "dropped_images": dict(self.dropped_images),
             "kept_images": dict(self.kept_images),
             "examples": self.examples,
+            "category_ids": self.category_ids,
         }
 
     def save(self, path: Path) -> None:

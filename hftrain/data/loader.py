@@ -108,8 +108,10 @@ class DetectionDataset(Dataset):
             failed = 1  # a failed image leaves its cache slot empty: tried again next time
         else:
             raise RuntimeError(f"no image of the dataset under {self.image_root} decodes")
-        objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
-        boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
+        objects = row["objects"]  # the Hub's dict of lists
+        train = ~(np.asarray(objects["iscrowd"], dtype=bool) | np.asarray(objects["difficult"], dtype=bool))
+        boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)[train]
+        labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1)[train]
         if cached is not None:
             pixels, boxes = cached, resize_boxes(boxes, (row["height"], row["width"]), tuple(cached.shape[1:]))
         else:
@@ -122,7 +124,7 @@ class DetectionDataset(Dataset):
         return {
             "pixel_values": pixels,
             "boxes": boxes,
-            "class_labels": torch.tensor([o["category"] for o in objects], dtype=torch.long),
+            "class_labels": torch.from_numpy(labels),
             "image_id": row["image_id"],
             "orig_size": (row["height"], row["width"]),
             "failed": failed,  # this sample stands in for one that failed to decode (counted)
@@ -157,6 +159,9 @@ class DataBundle:
     val: DetectionDataset
     class_names: list[str]
     notes: list[str]
+    category_ids: list[int] | None = None
+    """The dataset's own category id of each class (``report.category_ids``; the first one where
+    ``category_map`` merged several), for writing predictions back in them; None if it has none."""
 
     def ram_caches(self) -> list:
         """The RAM caches of the splits (``data.cache: ram``), each once."""
@@ -182,24 +187,25 @@ def materialise_synthetic(data_cfg):
 def load_data(data_cfg, seed: int = 0) -> DataBundle:
     """Read both splits and wrap them as datasets; the class names come from the train split.
     With ``data.val.from_train`` the validation split is the part held out of the training split."""
-    def read(split, hold_out=None) -> LoadedSplit:
+    def read(name, hold_out=None) -> LoadedSplit:
+        split = getattr(data_cfg, name)
         return load_split(
             data_cfg.format, split.images, split.labels,
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
             fred_boxes=data_cfg.fred_boxes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, class_names=data_cfg.class_names or None,
-            hold_out=hold_out,
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
+            class_names=data_cfg.class_names or None, hold_out=hold_out,
         )
 
-    loaded = {"train": read(data_cfg.train, hold_out=data_cfg.val.from_train)}
+    loaded = {"train": read("train", hold_out=data_cfg.val.from_train)}
     if data_cfg.val.from_train:  # data.val.from_train: the validation images are held out of train
         val = loaded["train"].held_out
         val.dataset = take_subset(val.dataset, val.report, data_cfg.val.subset, data_cfg.seed)
         loaded["val"] = val
     else:
-        loaded["val"] = read(data_cfg.val)
+        loaded["val"] = read("val")
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:
@@ -214,7 +220,15 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         val=DetectionDataset(loaded["val"], resize, hflip=0.0, cache=caches.get("val")),
         class_names=class_names,
         notes=notes + cache_notes,
+        category_ids=source_category_ids(loaded["train"].report.category_ids, class_names),
     )
+
+
+def source_category_ids(category_ids: dict[str, list[int]], class_names: list[str]) -> list[int] | None:
+    """The source's id of each class, in label order (None unless every class has one)."""
+    if not all(category_ids.get(name) for name in class_names):
+        return None
+    return [min(category_ids[name]) for name in class_names]
 
 
 def share_by_name(worker_id: int) -> None:

@@ -1,7 +1,10 @@
 """Turn a recipe's data split into a dataset in the project's schema, whatever its source format.
 
-Formats: ``coco``, ``voc``, ``bdd100k``, ``fred``, ``yolo`` (converted on the fly) and ``hf`` (a folder
-written by ``hftrain convert``). With a ``cache_dir`` the converted dataset is cached there,
+Formats: ``coco``, ``voc``, ``bdd100k``, ``fred``, ``yolo`` (converted on the fly) and ``hf``: a folder
+written by ``hftrain convert`` (read as it is), or any dataset in the Hub detection schema (a
+``save_to_disk`` folder, an ``imagefolder`` with ``metadata.jsonl``, a Hub id; see
+``hftrain.data.formats.hub``), brought to the project's schema on every load without copying
+its images (never cached). With a ``cache_dir`` the converted dataset is cached there,
 keyed by the conversion options and by the path, size and modification time of every label
 file the conversion reads (COCO/BDD100K label file; VOC split files and the listed XMLs, or for a
 VOC folder its list files, both folders and every XML in it; FRED
@@ -34,8 +37,9 @@ from pathlib import Path
 import datasets
 
 from hftrain.data.formats.report import ConversionReport
+from hftrain.data.schema import IMAGE_ROOT_FILE
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the Hub detection schema (Image feature, objects a dict of lists)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hftrain"
 
 
@@ -75,6 +79,11 @@ def source_files(fmt: str, images: str | Path, labels: str | Path | None, sets: 
         from hftrain.data.formats.yolo import yolo_source_files
 
         return yolo_source_files(images, list(sets or []))
+    if fmt == "hf":  # a local dataset's metadata and data files (a Hub id: none, keyed by its name)
+        folder = Path(images)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".jsonl", ".csv", ".arrow", ".parquet"))
     if fmt == "fred":
         from hftrain.data.formats.fred import fred_label_files
 
@@ -117,14 +126,16 @@ def load_split(
     blacklist: str | None = None,
     scan_workers: int = 1,
     min_side: int = 1,
+    recipe_split: str = "train",
     class_names: list[str] | None = None,
     hold_out: float | None = None,
 ) -> LoadedSplit:
     """Read one split of a recipe.
 
     ``fmt``: coco, voc, bdd100k, fred, yolo or hf. ``images``/``labels``: as for ``hftrain convert``
-    (hf: ``images`` is the converted folder; yolo: the data.yaml). ``sets``: VOC ``YEAR/SPLIT``,
-    FRED split names or YOLO data.yaml sets (``train``, ``val``, ``test``).
+    (hf: ``images`` is the dataset folder or Hub id; yolo: the data.yaml). ``sets``: VOC ``YEAR/SPLIT``,
+    FRED split names, YOLO data.yaml sets (``train``, ``val``, ``test``), or the hf dataset's split
+    (default: ``recipe_split``, val reading ``validation``).
     ``fred_boxes``: FRED's box file, ``extended`` (coordinates.txt) or ``rgb`` (coordinates_rgb.txt).
     ``subset``/``seed``: keep a seeded random sample of rows (counted in the report).
     ``cache_dir``: cache conversions there (None: convert every time). ``blacklist``: a blacklist
@@ -140,15 +151,17 @@ def load_split(
         "category_map": category_map or {}, "max_missing": max_missing, "read_image_sizes": read_image_sizes,
         **({"class_names": list(class_names)} if class_names else {}),  # absent when unset: older cache keys stay valid
     }
+    if fmt == "hf":  # which split of the source is read (keys the blacklist scan)
+        options["recipe_split"] = recipe_split
     key = None
-    if fmt == "hf":
+    if fmt == "hf" and (Path(images) / IMAGE_ROOT_FILE).is_file():  # written by hftrain convert
         dataset, root = load_converted(images)
         report = load_converted_report(images)
-    elif cache_dir is None:
+    elif fmt == "hf" or cache_dir is None:
         dataset, report, root = convert_source(
             fmt, images, labels, sets=sets, modality=modality, drone_classes=drone_classes,
             category_map=category_map, max_missing=max_missing, read_image_sizes=read_image_sizes,
-            fred_boxes=fred_boxes, class_names=class_names,
+            fred_boxes=fred_boxes, recipe_split=recipe_split, class_names=class_names,
         )
     else:
         key = cache_key(fmt, images, labels, options, source_files(fmt, images, labels, sets, modality, fred_boxes))
@@ -222,8 +235,7 @@ def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, ke
     if blacklist == "auto":
         if key is None:
             files = source_files(fmt, images, labels, options["sets"], options["modality"],
-                                 options["fred_boxes"]) if fmt != "hf" \
-                else [Path(images) / name for name in ("hftrain_dataset.json", "state.json")]
+                                 options["fred_boxes"])
             key = cache_key(fmt, images, labels, options, files)
         path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"blacklist-{fmt}-{key}-min{min_side}.json"
         if path.is_file():

@@ -16,6 +16,8 @@ import io
 
 import numpy as np
 
+from hftrain.metrics.objects import per_object
+
 STAT_NAMES = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
     "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
@@ -32,7 +34,7 @@ def ground_truth(rows, class_names: list[str]) -> dict:
     images, annotations = [], []
     for row in rows:
         images.append({"id": int(row["image_id"]), "width": int(row["width"]), "height": int(row["height"])})
-        for obj in row["objects"]:
+        for obj in per_object(row["objects"]):
             x, y, w, h = (float(v) for v in obj["bbox"])
             annotations.append({
                 "id": len(annotations) + 1,
@@ -61,13 +63,17 @@ def detection_arrays(predictions: list[dict]) -> tuple[np.ndarray, np.ndarray, n
     return image_ids, labels, xywh, scores
 
 
-def predictions_to_coco(predictions: list[dict]) -> list[dict]:
+def predictions_to_coco(predictions: list[dict], category_ids: list[int] | None = None) -> list[dict]:
     """Per-image ``{image_id, boxes (xyxy), scores, labels}`` to COCO result entries (xywh), the
     input of ``COCO.loadRes``. Converted in one numpy pass over all detections, then turned into
-    Python numbers with ``tolist``: 500,000 detections take a fraction of a second."""
+    Python numbers with ``tolist``: 500,000 detections take a fraction of a second.
+    ``category_ids``: the ``category_id`` written for each label (the dataset's own ids, for a
+    COCO results file); None writes the labels themselves."""
     if not predictions:
         return []
     image_ids, labels, xywh, scores = detection_arrays(predictions)
+    if category_ids is not None:
+        labels = np.asarray(category_ids, dtype=np.int64)[labels]
     return [
         {"image_id": image_id, "category_id": label, "bbox": bbox, "score": score}
         for image_id, label, bbox, score in zip(image_ids.tolist(), labels.tolist(), xywh.tolist(), scores.tolist())

@@ -177,6 +177,8 @@ def missing_paths(recipe: Recipe) -> list[str]:
             continue  # held out of train
         for attr in ("images", "labels"):
             value = getattr(split, attr)
+            if recipe.data.format == "hf" and attr == "images" and value is not None and not _looks_local(value):
+                continue  # a Hub dataset id (load_dataset says when it cannot be had)
             if value is not None and not Path(value).exists():
                 problems.append(f"data.{split_name}.{attr}: path {value} does not exist")
         if split.images is None:

@@ -98,8 +98,10 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     format: str = "coco"
-    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a directory from
-    ``hftrain convert``)."""
+    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a folder from
+    ``hftrain convert``, or any dataset in the Hub detection schema: a save_to_disk folder, an
+    imagefolder with metadata.jsonl, a Hub id; ``sets: [NAME]`` picks its split, by default train /
+    validation)."""
     train: SplitConfig = field(default_factory=SplitConfig)
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)

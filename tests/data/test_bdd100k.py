@@ -10,7 +10,7 @@ from PIL import Image
 import hftrain.data.formats.bdd100k as bdd
 from hftrain.data.formats.bdd100k import BDD100K_CLASSES, iter_json_list, read_bdd100k
 from hftrain.data.formats.coco import DatasetError
-from hftrain.data.schema import objects_of
+from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir
 
 FIX = fixtures_dir() / "bdd100k"
@@ -19,9 +19,9 @@ L = {name: i for i, name in enumerate(BDD100K_CLASSES)}
 
 def test_ignored_class_legacy_name_and_null_labels(tmp_path):
     dataset, report = read_bdd100k(tmp_path, FIX / "bdd100k_tests" / "example_ignore_annotation.json", check_files=False)
-    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES
-    assert len(dataset) == 2 and dataset[1]["objects"] == []  # "labels": null is kept as background
-    other, person = dataset[0]["objects"]
+    assert class_names_of(dataset) == BDD100K_CLASSES
+    assert len(dataset) == 2 and objects_of(dataset[1]) == []  # "labels": null is kept as background
+    other, person = objects_of(dataset[0])
     # other person -> pedestrian ignore region; box2d corners inclusive: w = x2 - x1 + 1
     assert other["category"] == L["pedestrian"] and other["iscrowd"] == 1
     assert other["bbox"] == pytest.approx([1068.051474568342, 362.7665840944419,
@@ -40,16 +40,16 @@ def test_det20_and_legacy_frame_agree_by_hand():
     assert (row["weather"], row["scene"], row["timeofday"]) == ("overcast", "city street", "daytime")
     assert report.boxes == 34
     assert report.boxes_per_class == {"car": 19, "traffic light": 7, "traffic sign": 6, "rider": 1, "motorcycle": 1}
-    first = row["objects"][0]
+    first = objects_of(row)[0]
     assert first["category"] == L["traffic sign"]
     assert first["bbox"] == pytest.approx([1000.698742, 281.992415, 40.92813, 45.919145], abs=1e-3)
-    assert all(o["iscrowd"] == 0 for o in row["objects"])
-    assert legacy[0]["objects"] == row["objects"]  # trafficLightColor as a list changes nothing
+    assert all(o["iscrowd"] == 0 for o in objects_of(row))
+    assert objects_of(legacy[0]) == objects_of(row)  # trafficLightColor as a list changes nothing
 
 
 def test_poly2d_only_labels_are_skipped_and_counted():
     dataset, report = read_bdd100k(FIX, FIX / "bdd100k_tests" / "example_annotation.json", check_files=False)
-    assert len(dataset) == 1 and dataset[0]["objects"] == []
+    assert len(dataset) == 1 and objects_of(dataset[0]) == []
     assert report.dropped_boxes == {"'car' label has no box2d (poly2d only)": 4}
 
 
@@ -81,9 +81,9 @@ def test_2018_style_file_by_hand(tmp_path):
     path = tmp_path / "bdd100k_labels_images_val.json"
     path.write_text(json.dumps(_frames_2018()))
     dataset, report = read_bdd100k(tmp_path, path, check_files=False)
-    assert len(dataset) == 3 and dataset[1]["objects"] == [] and dataset[2]["objects"] == []
+    assert len(dataset) == 3 and objects_of(dataset[1]) == [] and objects_of(dataset[2]) == []
     assert dataset[2]["weather"] is None
-    got = [(o["category"], o["bbox"], o["iscrowd"]) for o in dataset[0]["objects"]]
+    got = [(o["category"], o["bbox"], o["iscrowd"]) for o in objects_of(dataset[0])]
     assert got == [
         (L["bicycle"], [10, 20, 20, 40], 0),
         (L["motorcycle"], [0, 0, 10, 10], 0),
@@ -108,9 +108,9 @@ def test_unknown_category_error_and_category_map(tmp_path):
     with pytest.raises(DatasetError, match=rf"{path} frame 0 \('a.jpg'\) label 'x7': unknown category 'tram'"):
         read_bdd100k(tmp_path, path, check_files=False)
     dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "train"}, check_files=False)
-    assert dataset[0]["objects"][0]["category"] == L["train"]
+    assert objects_of(dataset[0])[0]["category"] == L["train"]
     dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "tram"}, check_files=False)
-    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES + ["tram"]
+    assert class_names_of(dataset) == BDD100K_CLASSES + ["tram"]
 
 
 def test_paths_outside_root_and_missing_images(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hftrain.data.formats.coco import DatasetError, read_coco
-from hftrain.data.schema import objects_of
+from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir
 
 COCO = fixtures_dir() / "coco"
@@ -16,17 +16,17 @@ COCO = fixtures_dir() / "coco"
 
 def test_real_coco_fixture_boxes_and_labels():
     dataset, report = read_coco(COCO, COCO / "test_coco.json")
-    assert dataset.features["objects"].feature["category"].names == ["person"]
+    assert class_names_of(dataset) == ["person"]
     assert dataset["image_id"] == [785, 40083, 196141, 197388]
     assert [(r["width"], r["height"]) for r in dataset] == [(640, 425), (500, 333), (640, 429), (640, 392)]
-    assert [len(r["objects"]) for r in dataset] == [1, 3, 5, 5]
-    first = dataset[0]["objects"][0]
+    assert [len(objects_of(r)) for r in dataset] == [1, 3, 5, 5]
+    first = objects_of(dataset[0])[0]
     assert first["id"] == 442619
     assert first["bbox"] == pytest.approx([280.79, 44.73, 218.7, 346.68], abs=1e-4)
     assert first["area"] == pytest.approx(27789.11055, rel=1e-6)
     assert first["category"] == 0 and first["iscrowd"] == 0
     # 543117 starts at x = 0.5, inside the image: not clipped
-    last = dataset[3]["objects"][4]
+    last = objects_of(dataset[3])[4]
     assert last["id"] == 543117 and last["bbox"] == pytest.approx([0.5, 43.74, 90.1, 220.09], abs=1e-4)
     assert report.images == 4 and report.boxes == 14
     assert not report.dropped_boxes and not report.changed_boxes and not report.dropped_images
@@ -67,16 +67,16 @@ def test_handwritten_coco_every_condition(tmp_path, images_dir):
     ]
     dataset, report = read_coco(images_dir, _write(tmp_path, images, annotations, CATEGORIES))
     # contiguous labels in increasing id order: 1 person, 18 dog, 90 toothbrush
-    assert dataset.features["objects"].feature["category"].names == ["person", "dog", "toothbrush"]
+    assert class_names_of(dataset) == ["person", "dog", "toothbrush"]
     rows = {r["image_id"]: r for r in dataset}
     assert sorted(rows) == [1, 2, 3]
-    assert rows[2]["objects"] == []
-    a = {o["id"]: o for o in rows[1]["objects"]}
+    assert objects_of(rows[2]) == []
+    a = {o["id"]: o for o in objects_of(rows[1])}
     assert a[10]["category"] == 2 and a[10]["bbox"] == [10, 10, 20, 20]
     assert a[11]["category"] == 0 and a[11]["iscrowd"] == 1
     assert a[12]["category"] == 1 and a[12]["bbox"] == [90, 40, 10, 10]  # clipped to 100x50
     assert a[12]["area"] == 100  # no area given: w*h after clipping
-    c = {o["id"]: o for o in rows[3]["objects"]}
+    c = {o["id"]: o for o in objects_of(rows[3])}
     assert set(c) == {15} and c[15]["bbox"] == [0, 0, 20, 15]
     assert report.dropped_boxes == {"smaller than 1 px after clipping": 1, "non-finite coordinates": 1}
     assert report.changed_boxes == {"clipped to image": 2}
@@ -117,8 +117,8 @@ def test_category_map_renames_and_drops(tmp_path, images_dir):
     ]
     dataset, report = read_coco(images_dir, _write(tmp_path, images, annotations, CATEGORIES),
                                 category_map={"person": "human", "toothbrush": None})
-    assert dataset.features["objects"].feature["category"].names == ["human", "dog"]
-    assert [o["id"] for o in dataset[0]["objects"]] == [1]
+    assert class_names_of(dataset) == ["human", "dog"]
+    assert [o["id"] for o in objects_of(dataset[0])] == [1]
     assert report.dropped_boxes == {"category 'toothbrush' mapped to nothing": 1}
 
 

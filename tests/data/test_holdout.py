@@ -14,6 +14,7 @@ from helpers.fixtures_path import shared_dataset
 from hftrain.data.formats.voc import read_voc_folder
 from hftrain.data.holdout import held_out_keys, image_keys, split_by_keys
 from hftrain.data.loader import load_data
+from hftrain.data.schema import objects_of
 from hftrain.data.sources import load_split
 from hftrain.recipe import RecipeError, load_recipe
 
@@ -74,7 +75,7 @@ def test_blacklist_removes_without_moving_images_across(kangaroo_slice, tmp_path
     assert plain.report.dropped_images == {"held out for validation (data.val.from_train 0.3, data.seed 0)": 3}
     assert plain.report.images == 7 and plain.held_out.report.images == 3
     assert plain.report.boxes + plain.held_out.report.boxes == sum(
-        len(r["objects"]) for r in read_voc_folder(images, annots)[0])
+        len(objects_of(r)) for r in read_voc_folder(images, annots)[0])
     # blacklist one image of each side: each side only shrinks
     one_each = {sorted(held)[0]: "broken", sorted(set(image_keys(plain.dataset)))[0]: "broken"}
     (tmp_path / "bl.json").write_text(json.dumps(one_each))

@@ -82,13 +82,24 @@ def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir)
     assert found[0]["label"] in {"rectangle", "ellipse", "triangle"}
 
 
-def test_eval_command_reproduces_the_best_epochs_numbers(trained):
+def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
     _, run_dir = trained
     AcceleratorState._reset_state(reset_partial_state=True)
     metrics = evaluate_run(run_dir)
     best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
     assert metrics["map"] == pytest.approx(best_info["metrics"]["map"], abs=1e-9)
     assert metrics["map_50"] == pytest.approx(best_info["metrics"]["map_50"], abs=1e-9)
+    # predictions_best.json is a COCO results file in the dataset's own ids (categories 1..3, not
+    # the labels 0..2): pycocotools scores it against the original val.json to the same mAP
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = json.loads((run_dir / "predictions_best.json").read_text())
+    gt = COCO(str(shapes_dir / "val.json"))
+    assert results and {r["category_id"] for r in results} <= set(gt.getCatIds())
+    check = COCOeval(gt, gt.loadRes(results), "bbox")
+    check.evaluate(), check.accumulate(), check.summarize()
+    assert check.stats[0] == pytest.approx(metrics["map"], abs=1e-6)
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path, shapes_dir):

@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from helpers.fixtures_path import fixtures_dir
 from hftrain.metrics.coco_eval import STAT_NAMES, CocoEvaluator
 from hftrain.data.formats.coco import read_coco
+from hftrain.data.schema import class_names_of
 
 
 def noisy_predictions(gt: dict, seed: int) -> list[dict]:
@@ -92,7 +93,7 @@ def test_non_contiguous_categories_and_crowd_regions(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     dataset, _ = read_coco(tmp_path, tmp_path / "gt.json")
-    names = dataset.features["objects"].feature["category"].names
+    names = class_names_of(dataset)
     assert names == ["car", "truck"]  # ordered by category id
     results = [
         {"image_id": 1, "category_id": 3, "bbox": [12, 11, 48, 40], "score": 0.9},

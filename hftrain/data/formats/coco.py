@@ -3,7 +3,8 @@
 Conventions (those of the official COCO API):
 
 - category ids need not be contiguous (COCO's 80 run 1..90): they map to contiguous labels
-  0..K-1 in increasing id order, names kept in the ClassLabel;
+  0..K-1 in increasing id order, names kept in the ClassLabel and each class's original ids in
+  ``report.category_ids`` (saved in the sidecar), so predictions can be written back in them;
 - ``iscrowd`` is kept: crowd boxes are ignore regions in evaluation and are not trained on;
 - images without annotations are kept;
 - ``area`` is taken from the annotation (segment area for COCO), or ``w * h`` when absent;
@@ -147,6 +148,7 @@ def read_coco(
         if name not in class_names:
             class_names.append(name)
         label_of_id[cat_id] = class_names.index(name)
+        report.category_ids.setdefault(name, []).append(cat_id)
 
     # image ids as written: integers are kept; string ids (the format allows any id) number the
     # images 1..N in file order, the written id kept in the coco_image_id column

@@ -27,6 +27,9 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
     """Other facts a user should see, one line each (where the class names came from, images
     found by a fallback rule and how many)."""
+    category_ids: dict[str, list[int]] = field(default_factory=dict)
+    """The source's own category ids of each class name (several when ``category_map`` merges
+    categories; empty when the source has no ids of its own): predictions are written back in them."""
 
     def drop_box(self, reason: str, where: str) -> None:
         self.dropped_boxes[reason] += 1
@@ -61,6 +64,7 @@ class ConversionReport:
             "kept_images": dict(self.kept_images),
             "examples": self.examples,
             "notes": self.notes,
+            "category_ids": self.category_ids,
         }
 
     def save(self, path: Path) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 from hftrain.data.convert import convert_main, load_converted
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.fred import FRED_MODELS, fred_image_root, read_fred
-from hftrain.data.schema import objects_of, resolve_image_path
+from hftrain.data.schema import class_names_of, objects_of, resolve_image_path
 from hftrain.data.sources import load_split
 from helpers.fixtures_path import fixtures_dir
 
@@ -147,7 +147,7 @@ def test_release_counts_by_hand(release):
     assert dataset["sequence"].count("60") == 48 - 8
     # the 6-field lines of coordinates_rgb.txt name the drone models
     dataset, report = read_fred(release / "FRED", sets=["train"], modality="rgb", boxes="rgb", drone_classes="models")
-    assert dataset.features["objects"].feature["category"].names == FRED_MODELS
+    assert class_names_of(dataset) == FRED_MODELS
     assert set(report.boxes_per_class) == {"DJI Mini 2", "DarwinFPV cineape20"}
 
 

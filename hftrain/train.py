@@ -136,6 +136,7 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
               voc_evaluator=VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and main else None,
               pictures=RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names))
     run.state.epoch_batches = len(train_loader)
+    run.state.process_index, run.state.num_processes = accelerator.process_index, accelerator.num_processes
     if recipe.ema.enabled:  # ema: an averaged copy of the weights, on the device, updated after each optimizer step
         run.state.ema = ModelEma(model, recipe.ema.decay, recipe.ema.warmup_updates, accelerator)
     run.export = run.state.ema.as_detector(detector) if run.state.ema else detector  # ema: best/ and model/ save the average

@@ -49,6 +49,8 @@ def train_one_epoch(run: Run, loader) -> Outcome:
     run.model.train()
     frozen_norms_to_eval(run.model)  # phases: BatchNorm layers of frozen modules keep their running statistics
     trainable = [p for p in run.model.parameters() if p.requires_grad]  # clipping reads this list every step
+    if state.batches_done == 0:  # data.max_bad_fraction is per epoch (a resume inside the epoch keeps its count)
+        state.bad_images = 0
     meter.start_epoch()
     log.start_epoch(state.epoch, len(loader))
     tick = time.perf_counter()
@@ -77,9 +79,11 @@ def train_one_epoch(run: Run, loader) -> Outcome:
         tick = time.perf_counter()
     log.end_epoch()
     epoch_stats = meter.epoch_summary()  # loss variance and trend over the whole epoch
+    epoch_stats["bad_images_epoch"] = bad_images_all(run)  # images that failed to decode (replaced), all processes
     log.record("epoch", {"epoch": state.epoch, **epoch_stats}, state.step)
     log.print(f"epoch {state.epoch} summary: loss mean {epoch_stats['loss_mean_epoch']:.4f} | "
-              f"{Meter.line(epoch_stats, 'epoch')}")
+              f"{Meter.line(epoch_stats, 'epoch')}"
+              + (f" | {epoch_stats['bad_images_epoch']} image(s) failed to decode" if epoch_stats["bad_images_epoch"] else ""))
     if health.view:  # memory: the epoch's peak against the previous epochs of the same shapes (a leak signal)
         phase = run.phase.index if run.phase is not None else 0
         if creep := health.view.end_epoch(state.epoch, phase, health.batching.batch_size, run.accelerator.device):
@@ -156,13 +160,20 @@ def after_optimizer_step(run: Run, step: Step, lr: float) -> Outcome | None:
 
 
 def count_bad_images(run: Run, skipped: int) -> None:
-    """Images that failed to decode were replaced in their batch; too many stop the run."""
+    """Images that failed to decode were replaced in their batch; too many in one epoch stop the run."""
     run.state.bad_images += skipped
     if run.state.bad_images > run.bad_limit:
         raise TooManyBadImages(
-            f"{run.state.bad_images} images failed to decode or did not match their annotated size on this process (limit {run.bad_limit:.0f}, "
+            f"{run.state.bad_images} images failed to decode or did not match their annotated size on this "
+            f"process in epoch {run.state.epoch} (limit {run.bad_limit:.1f} per epoch, "
             f"data.max_bad_fraction={run.recipe.data.max_bad_fraction}); run `hftrain scan` and set data.blacklist"
         )
+
+
+def bad_images_all(run: Run) -> int:
+    """This epoch's decode failures, summed over processes."""
+    count = torch.tensor(float(run.state.bad_images), device=run.accelerator.device)
+    return int(run.accelerator.reduce(count, "sum").item())
 
 
 def save_checkpoint(run: Run, epoch_complete: bool = False) -> None:
@@ -173,8 +184,11 @@ def save_checkpoint(run: Run, epoch_complete: bool = False) -> None:
     if epoch_complete:
         state.batches_done = state.epoch_batches
     state.save_count += 1
-    checkpoints.save_checkpoint(run.accelerator, Path(run.recipe.output_dir), run.scheduler,
-                                state.saved(epoch_complete), run.recipe.checkpoint.keep, ema=state.ema)
+    saved = state.saved(epoch_complete)
+    saved["bad_images"] = run.accelerator.gather(  # each process's count in this epoch (a resume continues it)
+        torch.tensor([state.bad_images], device=run.accelerator.device)).tolist()
+    checkpoints.save_checkpoint(run.accelerator, Path(run.recipe.output_dir), run.scheduler, saved,
+                                run.recipe.checkpoint.keep, ema=state.ema)
     state.batches_done = 0 if epoch_complete else position
 
 

@@ -121,7 +121,6 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
                     stop=StopSignal.install(log, run_dir), memory=memory)
     health.view = MemoryView(memory_view.counters_for(accelerator.device), data.ram_caches(), accelerator.gather, log,
                              memory_view.GpuUtilisation(accelerator.device, log))
-    health.guard.remember_schedule(scheduler)
     health.guard.protect_loss(detector.model)  # NaN predictions reach the guard, not a crash in the matcher
     if recipe.debug:  # debug: batch histograms, gradient and update checks, NaN/Inf hooks, warm-up lr
         health.debug = DebugMonitor(detector.model, data.class_names, recipe.debug_batches,

@@ -15,6 +15,8 @@ METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
 
 def owner(filename: str) -> str:
+    if "/hftrain/data/" in filename:
+        return "hftrain.data"  # the data pipeline: CPU tensors of the loader (e.g. the sampler's order), no device
     for package in ("hftrain", "transformers", "accelerate", "torch"):
         if f"/{package}/" in filename:
             return package

@@ -86,7 +86,7 @@ def train_one_epoch(run: Run, loader) -> Outcome:
     log.record("epoch", {"epoch": state.epoch, **epoch_stats}, state.step)
     log.print(f"epoch {state.epoch} summary: loss mean {epoch_stats['loss_mean_epoch']:.4f} | "
               f"{Meter.line(epoch_stats, 'epoch')}"
-              + (f" | {epoch_stats['bad_images_epoch']} image(s) failed to decode" if epoch_stats["bad_images_epoch"] else ""))
+              + (f" | {epoch_stats['bad_images_epoch']} image(s) replaced (failed to decode or not of their annotated size)" if epoch_stats["bad_images_epoch"] else ""))
     if health.view:  # memory: the epoch's peak against the previous epochs of the same shapes (a leak signal)
         phase = run.phase.index if run.phase is not None else 0
         if creep := health.view.end_epoch(state.epoch, phase, health.batching.batch_size, run.accelerator.device):

@@ -176,7 +176,7 @@ def test_the_bad_image_limit_is_per_epoch_and_a_resume_keeps_the_epochs_count(tm
     train(load_recipe(path))
     run_dir = tmp_path / "run"
     assert [(r["epoch"], r["bad_images_epoch"]) for r in records(run_dir, "epoch")] == [(e, 1) for e in (1, 2, 3, 4)]
-    assert capsys.readouterr().out.count("| 1 image(s) failed to decode") == 4  # each epoch's summary line
+    assert capsys.readouterr().out.count("| 1 image(s) replaced") == 4  # each epoch's summary line
     # inside an epoch, after its broken image: the checkpoint holds the count, and a resume goes on from it
     states = {p: json.loads((p / "trainer_state.json").read_text()) for p in (run_dir / "checkpoints").iterdir()}
     mid = [p for p, s in states.items() if not s["epoch_complete"] and s["bad_images"] == [1]]

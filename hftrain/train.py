@@ -121,7 +121,6 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
                     stop=StopSignal.install(log, run_dir), memory=memory)
     health.view = MemoryView(memory_view.counters_for(accelerator.device), data.ram_caches(), accelerator.gather, log,
                              memory_view.GpuUtilisation(accelerator.device, log))
-    health.guard.remember_schedule(scheduler)
     health.guard.protect_loss(detector.model)  # NaN predictions reach the guard, not a crash in the matcher
     if recipe.debug:  # debug: batch histograms, gradient and update checks, NaN/Inf hooks, warm-up lr
         health.debug = DebugMonitor(detector.model, data.class_names, recipe.debug_batches,
@@ -136,6 +135,7 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
               voc_evaluator=VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and main else None,
               pictures=RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names))
     run.state.epoch_batches = len(train_loader)
+    run.state.process_index, run.state.num_processes = accelerator.process_index, accelerator.num_processes
     if recipe.ema.enabled:  # ema: an averaged copy of the weights, on the device, updated after each optimizer step
         run.state.ema = ModelEma(model, recipe.ema.decay, recipe.ema.warmup_updates, accelerator)
     run.export = run.state.ema.as_detector(detector) if run.state.ema else detector  # ema: best/ and model/ save the average

@@ -46,15 +46,17 @@ OWN_BOXES, OTHER_BOXES, PROCESSES = 2, 6, 2
 """The simulated case of :func:`transformers_box_count`: the right count is (2 + 6) / 2 = 4."""
 
 
-def global_box_count(targets: list[dict], device: torch.device) -> float:
+def global_box_count(targets: list[dict], device: torch.device) -> float | torch.Tensor:
     """Boxes of all processes divided by the number of processes, at least 1 (the official DETR's
-    ``all_reduce`` then ``/ world_size``). Every process must call it (a collective)."""
-    count = torch.tensor([float(sum(len(t["class_labels"]) for t in targets))], device=device)
-    processes = 1
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(count, op=dist.ReduceOp.SUM)
-        processes = dist.get_world_size()
-    return max(count.item() / processes, 1.0)
+    ``all_reduce`` then ``/ world_size``). Every process must call it (a collective). Under several
+    processes it is a device tensor (0-d): reading it would make the host wait for the forward and
+    the all-reduce; the losses divide by it on the device. Alone, a number (no device work at all)."""
+    boxes = float(sum(len(t["class_labels"]) for t in targets))  # lengths: known on the host
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return max(boxes, 1.0)
+    count = torch.full((), boxes, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    return (count / dist.get_world_size()).clamp(min=1.0)
 
 
 class _SimulatedState:

@@ -158,6 +158,37 @@ def test_images_that_fail_to_decode_are_skipped_then_fail_loudly(tmp_path, shape
         train(load_recipe(write_recipe(tmp_path / "fail.yaml", recipe)))
 
 
+def test_the_bad_image_limit_is_per_epoch_and_a_resume_keeps_the_epochs_count(tmp_path, capsys):
+    """One truncated image in 8, limit 30% of 8 = 2.4 per epoch: every epoch replaces it once (the
+    count was once cumulative and the run stopped in epoch 3 of 4); checkpoints inside an epoch
+    hold the epoch's count and a resume from one continues it."""
+    from hftrain.data.shapes import generate_shapes_coco
+
+    data = tmp_path / "shapes"
+    generate_shapes_coco(data, "train", 8, image_size=64, seed=0)
+    generate_shapes_coco(data, "val", 2, image_size=64, seed=1)
+    image = sorted((data / "train").glob("*.jpg"))[3]
+    image.write_bytes(image.read_bytes()[:200])
+    recipe = tiny_recipe(data, tmp_path / "run", train={"epochs": 4}, eval={"during_training": False},
+                         checkpoint={"every_steps": 1, "keep": 20})
+    recipe["data"]["max_bad_fraction"] = 0.3
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    train(load_recipe(path))
+    run_dir = tmp_path / "run"
+    assert [(r["epoch"], r["bad_images_epoch"]) for r in records(run_dir, "epoch")] == [(e, 1) for e in (1, 2, 3, 4)]
+    assert capsys.readouterr().out.count("| 1 image(s) replaced") == 4  # each epoch's summary line
+    # inside an epoch, after its broken image: the checkpoint holds the count, and a resume goes on from it
+    states = {p: json.loads((p / "trainer_state.json").read_text()) for p in (run_dir / "checkpoints").iterdir()}
+    mid = [p for p, s in states.items() if not s["epoch_complete"] and s["bad_images"] == [1]]
+    assert mid, "the broken image should fall in the first batch of some epoch"
+    source = max(mid, key=lambda p: states[p]["step"])
+    for later in [p for p, s in states.items() if s["step"] > states[source]["step"]]:
+        shutil.rmtree(later)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(load_recipe(path), resume=True)
+    assert [(r["epoch"], r["bad_images_epoch"]) for r in records(run_dir, "epoch")] == [(e, 1) for e in (1, 2, 3, 4)]
+
+
 def test_train_py_runs_as_a_script_with_overrides(tmp_path, shapes_dir):
     recipe = tiny_recipe(shapes_dir, tmp_path / "cli_run", train={"epochs": 1})
     path = write_recipe(tmp_path / "cli.yaml", recipe)

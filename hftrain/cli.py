@@ -9,7 +9,7 @@ import sys
 COMMANDS = {
     "train": ("hftrain.train:main", "train a detector from a recipe"),
     "eval": ("hftrain.tools.eval:eval_main", "evaluate a run's best checkpoint"),
-    "convert": ("hftrain.data.convert:convert_main", "convert COCO / VOC / BDD100K / FRED labels into a Hugging Face dataset"),
+    "convert": ("hftrain.data.convert:convert_main", "convert COCO / VOC / BDD100K / FRED / YOLO / HF datasets into the Hub detection schema"),
     "scan": ("hftrain.data.blacklist:scan_main", "decode every image and write a blacklist of broken ones"),
     "doctor": ("hftrain.tools.doctor:doctor_main", "one health report of a recipe (data, batch, lr, frozen parameters, precision)"),
     "check-sampler": ("hftrain.tools.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them"),

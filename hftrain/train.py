@@ -45,7 +45,8 @@ from hftrain.health.preemption import StopSignal
 from hftrain.metrics.coco_eval import CocoEvaluator
 from hftrain.metrics.voc_eval import VocEvaluator
 from hftrain.models.inputs import Normalize, configure_processor, model_inputs
-from hftrain.models.registry import build_model
+from hftrain.models.pretrained import PretrainedError
+from hftrain.models.registry import build_model, check_model
 from hftrain.recipe import Recipe, RecipeError, load_recipe, save_recipe
 from hftrain.report.pictures import RunPictures
 from hftrain.report.runlog import RunLog
@@ -59,6 +60,8 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     hf_logging.disable_progress_bar()
     allocator = apply_allocator(recipe.cuda, use_cuda=not use_cpu())  # cuda.alloc_conf: before CUDA initialises
     checkpoints.claim_run_dir(Path(recipe.output_dir), PartialState(cpu=use_cpu()), resume, overwrite)
+    with PartialState().main_process_first():  # a checkpoint that cannot load fails before any data is read or scanned
+        check_model(recipe.model)  # (downloaded once, by the main process)
     with PartialState().main_process_first():  # the demo data is generated once, by the main process
         data_cfg = materialise_synthetic(recipe.data)
     data = load_data(data_cfg, seed=recipe.train.seed)  # data first: cheap failures before the model
@@ -91,6 +94,7 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
                + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
     log.print(*data.notes)
+    log.print(*detector.notes)
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
                           "precision": accelerator.mixed_precision}, run.state.step)
@@ -122,7 +126,6 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
                     stop=StopSignal.install(log, run_dir), memory=memory)
     health.view = MemoryView(memory_view.counters_for(accelerator.device), data.ram_caches(), accelerator.gather, log,
                              memory_view.GpuUtilisation(accelerator.device, log))
-    health.guard.remember_schedule(scheduler)
     health.guard.protect_loss(detector.model)  # NaN predictions reach the guard, not a crash in the matcher
     if recipe.debug:  # debug: batch histograms, gradient and update checks, NaN/Inf hooks, warm-up lr
         health.debug = DebugMonitor(detector.model, data.class_names, recipe.debug_batches,
@@ -137,6 +140,7 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
               voc_evaluator=VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and main else None,
               pictures=RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names))
     run.state.epoch_batches = len(train_loader)
+    run.state.process_index, run.state.num_processes = accelerator.process_index, accelerator.num_processes
     if recipe.ema.enabled:  # ema: an averaged copy of the weights, on the device, updated after each optimizer step
         run.state.ema = ModelEma(model, recipe.ema.decay, recipe.ema.warmup_updates, accelerator)
     run.export = run.state.ema.as_detector(detector) if run.state.ema else detector  # ema: best/ and model/ save the average
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     except checkpoints.RunDirInUse as err:
+        print(f"hftrain train: {err}", file=sys.stderr)
+        return 2
+    except PretrainedError as err:  # model.pretrained cannot load: found before any data was read
         print(f"hftrain train: {err}", file=sys.stderr)
         return 2
     except checkpoints.CheckpointWriteError as err:  # raised on every process; the previous checkpoint is intact

@@ -88,13 +88,24 @@ def check_image(source: str | bytes, expected: tuple[int, int] | None = None, mi
         return f"unsupported mode: {mode}"
     if min(shown) < min_side:
         return f"smaller than {min_side} px: {shown[0]}x{shown[1]}"
-    if expected is not None and tuple(expected) != tuple(shown):
-        width, height = expected
-        if tuple(expected) == tuple(stored):
-            return (f"size mismatch: annotated {width}x{height} is the stored size, but EXIF orientation "
-                    f"shows it as {shown[0]}x{shown[1]}")
-        return f"size mismatch: annotated {width}x{height}, image {shown[0]}x{shown[1]}"
+    if expected is not None:
+        return size_mismatch(expected, shown, stored)
     return None
+
+
+def size_mismatch(annotated: tuple[int, int], shown: tuple[int, int],
+                  stored: tuple[int, int] | None = None) -> str | None:
+    """The ``size mismatch`` reason when the annotated (width, height) is not the image's size as
+    displayed (after EXIF orientation), else None. ``stored``: the size before the orientation,
+    when known, to say when the labels were drawn on the unrotated pixels. The training loader
+    applies the same rule on every load (``DetectionDataset``), blacklist or not."""
+    if tuple(annotated) == tuple(shown):
+        return None
+    width, height = annotated
+    if stored is not None and tuple(annotated) == tuple(stored):
+        return (f"size mismatch: annotated {width}x{height} is the stored size, but EXIF orientation "
+                f"shows it as {shown[0]}x{shown[1]}")
+    return f"size mismatch: annotated {width}x{height}, image {shown[0]}x{shown[1]}"
 
 
 def _check_item(item: ScanItem, min_side: int) -> tuple[str, str | None]:

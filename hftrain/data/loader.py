@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
+from hftrain.data.blacklist import size_mismatch
 from hftrain.data.collate import Collate
 from hftrain.data.decode import decode_for_size
 from hftrain.data import samplers
 from hftrain.data.epoch_sampler import EpochShuffle, split_key
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
+from hftrain.data.convert import take_subset
 from hftrain.data.sources import LoadedSplit, load_split
 from hftrain.data.ram_cache import RamCache, make_ram_caches
 from hftrain.data.transforms import Resize, flip_horizontal, prepare_image, resize_boxes
@@ -26,8 +28,9 @@ class DetectionDataset(Dataset):
 
     The Arrow table is read row by row (memory-mapped and shared by dataloader workers).
     Crowd and difficult boxes are ignore regions: they are not training targets. An image that
-    fails to decode is replaced by the next one that does (``failed`` counts it), so batches keep
-    their size and every process stays in step with the others.
+    fails to decode, or whose displayed size (after EXIF orientation) is not the row's width and
+    height, is replaced by the next one that does (``failed`` counts it, against
+    ``data.max_bad_fraction``), so batches keep their size and every process stays in step.
     """
 
     def __init__(self, split: LoadedSplit, resize: Resize, hflip: float = 0.0, seed: int = 0, augment=None,
@@ -105,8 +108,10 @@ class DetectionDataset(Dataset):
             failed = 1  # a failed image leaves its cache slot empty: tried again next time
         else:
             raise RuntimeError(f"no image of the dataset under {self.image_root} decodes")
-        objects = [o for o in row["objects"] if not o["iscrowd"] and not o.get("difficult", 0)]
-        boxes = np.array([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
+        objects = row["objects"]  # the Hub's dict of lists
+        train = ~(np.asarray(objects["iscrowd"], dtype=bool) | np.asarray(objects["difficult"], dtype=bool))
+        boxes = np.asarray(objects["bbox"], dtype=np.float32).reshape(-1, 4)[train]
+        labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1)[train]
         if cached is not None:
             pixels, boxes = cached, resize_boxes(boxes, (row["height"], row["width"]), tuple(cached.shape[1:]))
         else:
@@ -119,22 +124,33 @@ class DetectionDataset(Dataset):
         return {
             "pixel_values": pixels,
             "boxes": boxes,
-            "class_labels": torch.tensor([o["category"] for o in objects], dtype=torch.long),
+            "class_labels": torch.from_numpy(labels),
             "image_id": row["image_id"],
             "orig_size": (row["height"], row["width"]),
             "failed": failed,  # this sample stands in for one that failed to decode (counted)
         }
 
     def _decode(self, row: dict, index: int):
+        """(image, displayed (height, width)), or None (said on the console) when the image does not
+        decode or its displayed size is not the annotated one (the scan's ``size mismatch``: its boxes
+        would not match the pixels, e.g. labels drawn on the unrotated pixels of an EXIF-rotated JPEG)."""
         image_ref = row["image"]
         try:
             if image_ref.get("bytes"):
-                return decode_for_size(image_ref["bytes"], self.draft_for)
-            where = f"row {index} (image_id {row['image_id']})"
-            return decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where), self.draft_for)
+                decoded = decode_for_size(image_ref["bytes"], self.draft_for)
+            else:
+                where = f"row {index} (image_id {row['image_id']})"
+                decoded = decode_for_size(resolve_image_path(self.image_root, image_ref["path"], where), self.draft_for)
         except (OSError, ValueError, SyntaxError) as err:
             print(f"[hftrain] skipping image {image_ref.get('path')!r}: {err}", flush=True)
             return None
+        shown_h, shown_w = decoded[1]
+        mismatch = size_mismatch((row["width"], row["height"]), (shown_w, shown_h))
+        if mismatch:
+            print(f"[hftrain] skipping image {image_ref.get('path')!r} (image_id {row['image_id']}): {mismatch} "
+                  "as displayed after EXIF orientation", flush=True)
+            return None
+        return decoded
 
 
 @dataclass
@@ -143,6 +159,9 @@ class DataBundle:
     val: DetectionDataset
     class_names: list[str]
     notes: list[str]
+    category_ids: list[int] | None = None
+    """The dataset's own category id of each class (``report.category_ids``; the first one where
+    ``category_map`` merged several), for writing predictions back in them; None if it has none."""
 
     def ram_caches(self) -> list:
         """The RAM caches of the splits (``data.cache: ram``), each once."""
@@ -166,17 +185,28 @@ def materialise_synthetic(data_cfg):
 
 
 def load_data(data_cfg, seed: int = 0) -> DataBundle:
-    """Read both splits and wrap them as datasets; the class names come from the train split."""
-    loaded = {}
-    for name in ("train", "val"):
+    """Read both splits and wrap them as datasets; the class names come from the train split.
+    With ``data.val.from_train`` the validation split is the part held out of the training split."""
+    def read(name, hold_out=None) -> LoadedSplit:
         split = getattr(data_cfg, name)
-        loaded[name] = load_split(
+        return load_split(
             data_cfg.format, split.images, split.labels,
             sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
+            fred_boxes=data_cfg.fred_boxes,
             category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
             read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, scan_workers=max(1, data_cfg.num_workers),
+            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
+            scan_workers=max(1, data_cfg.num_workers),
+            class_names=data_cfg.class_names or None, hold_out=hold_out,
         )
+
+    loaded = {"train": read("train", hold_out=data_cfg.val.from_train)}
+    if data_cfg.val.from_train:  # data.val.from_train: the validation images are held out of train
+        val = loaded["train"].held_out
+        val.dataset = take_subset(val.dataset, val.report, data_cfg.val.subset, data_cfg.seed)
+        loaded["val"] = val
+    else:
+        loaded["val"] = read("val")
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:
@@ -191,7 +221,15 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         val=DetectionDataset(loaded["val"], resize, hflip=0.0, cache=caches.get("val")),
         class_names=class_names,
         notes=notes + cache_notes,
+        category_ids=source_category_ids(loaded["train"].report.category_ids, class_names),
     )
+
+
+def source_category_ids(category_ids: dict[str, list[int]], class_names: list[str]) -> list[int] | None:
+    """The source's id of each class, in label order (None unless every class has one)."""
+    if not all(category_ids.get(name) for name in class_names):
+        return None
+    return [min(category_ids[name]) for name in class_names]
 
 
 def share_by_name(worker_id: int) -> None:

@@ -20,10 +20,11 @@ Filling: the pixels are written, then the shape, then the state byte FILLED. A f
 guarantees that a read issued after a write returned sees that write, so a process that reads
 FILLED then reads the pixels written before it, on any CPU. Two workers filling the same slot
 write the same bytes. An image that fails to decode leaves its slot empty (it is tried again
-the next time, as without the cache, and counted as failed each time). A slot holds any image
-of at most its size in bytes (one whose file is smaller or turned a quarter compared with its
-annotated height/width fits); one whose resized size is larger than its slot is marked
-TOO_LARGE, reported once, and decoded every time.
+the next time, as without the cache, and counted as failed each time), and so does an image
+whose decoded size is not its annotated height/width (``DetectionDataset`` skips it, counted,
+before it reaches the cache). A slot holds any image of at most its size in bytes; pixels
+larger than their slot (a guard: the loader never puts them) are refused, the slot marked
+TOO_LARGE and reported once.
 
 What is cached: the training split, and the validation split with ``data.cache_val`` (it is
 read only every ``eval.interval`` epochs, so it gains less per byte). Boxes and labels are not

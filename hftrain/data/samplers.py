@@ -40,13 +40,12 @@ def image_classes(rows) -> list[np.ndarray]:
     (crowd and difficult boxes left out, as training leaves them out). Reads only the label
     columns (Arrow), never an image."""
     table = rows.select_columns(["objects"]).with_format("arrow")[:]
-    objects = table.column("objects").combine_chunks()
-    offsets = objects.offsets.to_numpy()
-    values = objects.values
-    categories = values.field("category").to_numpy(zero_copy_only=False)
-    keep = values.field("iscrowd").to_numpy(zero_copy_only=False) == 0
-    if "difficult" in [values.type.field(i).name for i in range(values.type.num_fields)]:
-        keep &= values.field("difficult").to_numpy(zero_copy_only=False) == 0
+    objects = table.column("objects").combine_chunks()  # the Hub's struct of lists
+    category = objects.field("category")
+    offsets = (category.offsets.to_numpy() - category.offsets[0].as_py()) if len(category) else np.zeros(1, np.int64)
+    categories = category.flatten().to_numpy(zero_copy_only=False)
+    keep = objects.field("iscrowd").flatten().to_numpy(zero_copy_only=False) == 0
+    keep &= objects.field("difficult").flatten().to_numpy(zero_copy_only=False) == 0
     return [categories[a:b][keep[a:b]] for a, b in zip(offsets[:-1], offsets[1:])]
 
 

@@ -1,19 +1,23 @@
-"""The one dataset schema every source is converted to.
+"""The one dataset schema every source is converted to: the Hugging Face Hub's detection schema.
 
-A row is one image:
+A row is one image, as in the Hub's detection datasets (cppe-5, the transformers
+object-detection example, the ``datasets`` docs):
 
-- ``image``: ``{"path": str | None, "bytes": bytes | None}``. ``path`` is relative to the
-  dataset's image root (see ``image_root``); ``bytes`` holds the encoded file when images are
-  embedded. A plain struct, not ``datasets.Image``, so that ``save_to_disk`` keeps references
-  as references.
+- ``image``: a ``datasets.Image`` feature, stored as ``{"bytes", "path"}``. ``path`` is relative
+  to the dataset's image root (see ``IMAGE_ROOT_FILE``); ``bytes`` holds the encoded file when
+  images are embedded. hftrain reads it with ``decode=False`` (no PIL objects built by
+  ``datasets``) and decodes with its own uint8 path; ``save_converted`` writes the column so that
+  references stay references (``save_to_disk`` would embed every file).
 - ``image_id``: int, unique within the dataset.
 - ``width``, ``height``: the size the annotations refer to (after EXIF orientation).
-- ``objects``: a list of ``{id, bbox, category, area, iscrowd, difficult}`` with ``bbox`` in
-  absolute COCO ``[x, y, w, h]`` pixels, ``category`` a ClassLabel index, ``iscrowd`` marking
-  ignore regions for COCO evaluation and ``difficult`` marking objects VOC evaluation ignores.
+- ``objects``: a dict of lists (the Hub's storage), one entry per object in each list:
+  ``id``, ``area``, ``bbox`` in absolute COCO ``[x, y, w, h]`` pixels, ``category`` a ClassLabel
+  index (class names in the ClassLabel), plus ``iscrowd`` (ignore regions for COCO evaluation)
+  and ``difficult`` (objects VOC evaluation ignores).
 
 Sources may add columns (BDD100K frame attributes, FRED sequence ids); the columns above are
 required. Training uses the boxes with ``iscrowd == 0 and difficult == 0``; evaluation sees all.
+Read a row's objects with :func:`objects_of` (either storage) in code that is not on the hot path.
 """
 
 from __future__ import annotations
@@ -21,38 +25,59 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Features, List, Value
+from datasets import ClassLabel, Features, Image, List, Value
 
 IMAGE_ROOT_FILE = "hftrain_dataset.json"
+SCHEMA_VERSION = 2
+"""Version of the stored schema, in the sidecar: 2 is the Hub detection schema (``Image``
+feature, ``objects`` a dict of lists); folders written before it (no version) are refused."""
+OBJECT_KEYS = ("id", "area", "bbox", "category", "iscrowd", "difficult")
 
 
 def object_features(class_names: list[str]) -> dict:
+    """The ``objects`` feature: a dict of lists, in cppe-5's key order plus iscrowd and difficult."""
     return {
-        "id": Value("int64"),
-        "bbox": List(Value("float32"), length=4),
-        "category": ClassLabel(names=list(class_names)),
-        "area": Value("float32"),
-        "iscrowd": Value("int8"),
-        "difficult": Value("int8"),
+        "id": List(Value("int64")),
+        "area": List(Value("float32")),
+        "bbox": List(List(Value("float32"), length=4)),
+        "category": List(ClassLabel(names=list(class_names))),
+        "iscrowd": List(Value("int8")),
+        "difficult": List(Value("int8")),
     }
 
 
-def detection_features(class_names: list[str], extra: dict | None = None) -> Features:
-    """The features of a detection dataset with these class names (plus ``extra`` columns)."""
+def detection_features(class_names: list[str], extra: dict | None = None, decode_images: bool = False) -> Features:
+    """The features of a detection dataset with these class names (plus ``extra`` columns).
+    ``decode_images``: the ``Image`` feature's ``decode`` (False in hftrain, True on disk)."""
     columns = {
-        "image": {"path": Value("string"), "bytes": Value("binary")},
+        "image": Image(decode=decode_images),
         "image_id": Value("int64"),
         "width": Value("int32"),
         "height": Value("int32"),
-        "objects": List(object_features(class_names)),
+        "objects": object_features(class_names),
     }
     columns.update(extra or {})
     return Features(columns)
 
 
+def category_feature(dataset_or_features) -> ClassLabel | None:
+    """The ClassLabel of ``objects.category`` in either storage (None if it is not a ClassLabel)."""
+    features = getattr(dataset_or_features, "features", dataset_or_features)
+    objects = features["objects"]
+    if isinstance(objects, dict):  # the Hub's dict of lists
+        category = getattr(objects.get("category"), "feature", None)
+    else:  # a list of per-object dicts
+        inner = getattr(objects, "feature", None)
+        category = inner.get("category") if isinstance(inner, dict) else None
+    return category if isinstance(category, ClassLabel) else None
+
+
 def class_names_of(dataset: datasets.Dataset) -> list[str]:
-    """The class names held in the dataset's ClassLabel."""
-    return list(dataset.features["objects"].feature["category"].names)
+    """The class names held in the dataset's ClassLabel (either storage of ``objects``)."""
+    category = category_feature(dataset)
+    if category is None:
+        raise ValueError(f"objects.category is not a ClassLabel: {dataset.features['objects']}")
+    return list(category.names)
 
 
 def objects_of(row: dict) -> list[dict]:
@@ -66,32 +91,33 @@ def objects_of(row: dict) -> list[dict]:
     return list(objects)
 
 
+OLD_SCHEMA = ("written by an older hftrain (objects stored as a list of per-object dicts); "
+              "re-run `hftrain convert` to rewrite it in the Hub detection schema")
+
+
 def check_schema(dataset: datasets.Dataset, where: str) -> None:
     """Raise ValueError naming ``where`` and the first missing or mistyped column."""
     features = dataset.features
     for column in ("image", "image_id", "width", "height", "objects"):
         if column not in features:
             raise ValueError(f"{where}: dataset has no column {column!r} (columns: {list(features)})")
+    if not isinstance(features["image"], Image):
+        raise ValueError(f"{where}: column 'image' must be a datasets.Image feature, got {features['image']}"
+                         + (f"; {OLD_SCHEMA}" if isinstance(features["image"], dict) else ""))
     objects = features["objects"]
-    inner = getattr(objects, "feature", None)
-    if not isinstance(inner, dict):
-        raise ValueError(f"{where}: column 'objects' must be a list of per-object dicts, got {objects}")
-    for key in ("bbox", "category", "area", "iscrowd"):
-        if key not in inner:
-            raise ValueError(f"{where}: objects have no field {key!r}")
-    if not isinstance(inner["category"], ClassLabel):
-        raise ValueError(f"{where}: objects.category must be a ClassLabel, got {inner['category']}")
+    if not isinstance(objects, dict):
+        raise ValueError(f"{where}: column 'objects' must be a dict of lists (the Hub's storage), got {objects}"
+                         + (f"; {OLD_SCHEMA}" if isinstance(getattr(objects, "feature", None), dict) else ""))
+    for key in OBJECT_KEYS:
+        if key not in objects:
+            raise ValueError(f"{where}: objects have no field {key!r} (fields: {list(objects)})")
+    if category_feature(features) is None:
+        raise ValueError(f"{where}: objects.category must be a list of ClassLabel, got {objects['category']}")
 
 
 def resolve_image_path(root: Path, relative: str, where: str) -> Path:
-    """``root / relative``, refusing paths that leave ``root`` (``..``, absolute, links out)."""
-    if not relative:
-        raise ValueError(f"{where}: empty image path")
-    candidate = Path(relative)
-    if candidate.is_absolute():
-        raise ValueError(f"{where}: image path {relative!r} is absolute; paths must be relative to {root}")
-    root_resolved = root.resolve()
-    full = (root_resolved / candidate).resolve()
-    if full != root_resolved and root_resolved not in full.parents:
-        raise ValueError(f"{where}: image path {relative!r} resolves outside the image root {root}")
-    return full
+    """``root / relative``, refusing paths written to leave ``root`` (absolute, or ``..`` climbing
+    above it); symbolic links in the tree are followed (see ``formats.image_paths``)."""
+    from hftrain.data.formats.image_paths import safe_relative
+
+    return Path(root) / safe_relative(relative, root, where)

@@ -3,6 +3,7 @@ every process, and ``best/`` kept at the epoch with the best ``checkpoint.best_m
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from pathlib import Path
@@ -28,18 +29,17 @@ def predict(model, loader, accelerator, detector, normalize, max_detections: int
     for batch in loader:
         outputs = model(**model_inputs(batch, normalize, detector.uses_pixel_mask))
         results = detector.postprocess(outputs, batch["target_sizes"])
-        local = []
-        for image_id, orig, result in zip(batch["image_ids"].tolist(), batch["orig_sizes"], results):
-            keep = result["scores"].float().argsort(descending=True)[:max_detections]
-            boxes = result["boxes"][keep].float()
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(orig[1]))
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(orig[0]))
-            local.append({
-                "image_id": image_id,
-                "boxes": boxes.cpu().tolist(),
-                "scores": result["scores"][keep].float().cpu().tolist(),
-                "labels": result["labels"][keep].cpu().tolist(),
-            })
+        keeps = [r["scores"].float().argsort(descending=True)[:max_detections] for r in results]
+        counts = [len(keep) for keep in keeps]  # shapes: known on the host
+        rows = torch.cat([torch.cat([r["boxes"][k].float(), r["scores"][k, None].float(), r["labels"][k, None].float()], 1)
+                          for r, k in zip(results, keeps)]).cpu()  # the batch's one device-to-host transfer
+        limits = batch["orig_sizes"].flip(1).repeat(1, 2).float().repeat_interleave(torch.tensor(counts), dim=0)
+        rows[:, :4] = torch.minimum(rows[:, :4].clamp(min=0), limits)  # xyxy clipped to the image (w, h, w, h)
+        rows, local = rows.tolist(), []
+        for image_id, end, count in zip(batch["image_ids"].tolist(), itertools.accumulate(counts), counts):
+            mine = rows[end - count:end]
+            local.append({"image_id": image_id, "boxes": [r[:4] for r in mine], "scores": [r[4] for r in mine],
+                          "labels": [int(r[5]) for r in mine]})
         predictions.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
     # an image that failed to decode was replaced by another: keep each image's first prediction
     predictions = list({p["image_id"]: p for p in reversed(predictions)}.values())[::-1]

@@ -18,7 +18,10 @@ def header_rows(run, data, memory: str, total_steps: int) -> list[tuple[str, str
         ("output dir", str(Path(recipe.output_dir))),
         ("device", f"{accelerator.device} x {processes} process(es) ({accelerator.distributed_type.value})"),
         ("model", model),
-        ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"),
+        *([("model weights", run.detector.loaded)] if run.detector.loaded else []),
+        ("data", f"{len(data.train)} train / {len(data.val)} val images, {len(data.class_names)} classes"
+                 + (f" (val held out of train: data.val.from_train {recipe.data.val.from_train:g}, data.seed "
+                    f"{recipe.data.seed})" if recipe.data.val.from_train else "")),
         ("batch per device", str(per_device)),
         ("workers", f"{recipe.data.num_workers} (torch threads per process: {torch.get_num_threads()})"),
         ("image size", f"min={recipe.data.min_size}, max={recipe.data.max_size}"),

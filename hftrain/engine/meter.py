@@ -1,8 +1,11 @@
 """Every number the training loop counts, in one owner: the :class:`Meter`.
 
-Per micro-batch: the loss, the time waiting for data (``t_load``) and computing (``t_step``), images
-and augmentation-dropped boxes; per optimizer step: the step's mean loss, the gradient norm before
-clipping and whether clipping cut it. It sums them per optimizer step, per ``log.interval`` window
+Per micro-batch: the time waiting for data (``t_load``) and computing (``t_step``), images and
+augmentation-dropped boxes, and the loss as a device tensor (:meth:`Meter.add_loss`: the host does
+not wait for it); per optimizer step: the micro-batches' losses read as numbers in the step's one
+host transfer (:meth:`hftrain.health.guard.NonFiniteGuard.verdict`), the gradient norm before
+clipping and whether clipping cut it, or that fp16's grad scaler skipped the step (overflow: neither
+clipped nor a gradient norm). It sums them per optimizer step, per ``log.interval`` window
 and per epoch, and keeps the statistics the seed documents judge a run by: is the loss falling,
 flat or oscillating?
 
@@ -20,6 +23,7 @@ import math
 from collections import deque
 
 import numpy as np
+import torch
 
 
 def slope(values) -> float:
@@ -45,7 +49,7 @@ def summarise(losses, norms, clipped, prefix: str) -> dict:
     return out
 
 
-WINDOW_SUMS = ("loss", "t_load", "t_step", "micro", "clipped", "syncs", "images", "boxes_dropped")
+WINDOW_SUMS = ("loss", "t_load", "t_step", "micro", "clipped", "syncs", "images", "boxes_dropped", "overflow")
 
 
 class Meter:
@@ -55,14 +59,15 @@ class Meter:
         self.recent_norms = deque(maxlen=window)
         self.recent_clipped = deque(maxlen=window)
         self.start_epoch()
-        self._step_sum, self._step_count = 0.0, 0
-        self._step_raw, self._step_micro = 0.0, 0  # every micro-batch's loss, finite or not (the step record)
+        self.pending: list = []  # this optimizer step's micro-batch losses, device tensors not read yet
+        self.last_loss = math.nan  # the last optimizer step's mean loss (the progress bar's figure)
 
     def start_epoch(self) -> None:
         self.epoch_losses: list[float] = []
         self.epoch_norms: list[float] = []
         self.epoch_clipped: list[bool] = []
         self.nonfinite = 0
+        self.overflows = 0
         self.epoch_loss, self.epoch_micro = 0.0, 0
         self.sums = dict.fromkeys(WINDOW_SUMS, 0)  # since the last log.interval line (or the epoch's start)
 
@@ -71,35 +76,44 @@ class Meter:
         """Mean micro-batch loss of the epoch so far (the progress bar's figure)."""
         return self.epoch_loss / max(1, self.epoch_micro)
 
-    def add_micro(self, loss: float, t_load: float = 0.0, t_step: float = 0.0, images: int = 0,
-                  boxes_dropped: int = 0) -> None:
-        for key, value in (("loss", loss), ("t_load", t_load), ("t_step", t_step), ("micro", 1), ("images", images),
+    def add_micro(self, t_load: float = 0.0, t_step: float = 0.0, images: int = 0, boxes_dropped: int = 0) -> None:
+        for key, value in (("t_load", t_load), ("t_step", t_step), ("micro", 1), ("images", images),
                            ("boxes_dropped", boxes_dropped)):
             self.sums[key] += value
-        self.epoch_loss, self.epoch_micro = self.epoch_loss + loss, self.epoch_micro + 1
-        self._step_raw, self._step_micro = self._step_raw + loss, self._step_micro + 1
-        if math.isfinite(loss):
-            self._step_sum += loss
-            self._step_count += 1
-        else:
-            self.nonfinite += 1
 
-    def end_step(self, grad_norm: float, clipped: bool) -> float:
-        """Close an optimizer step; returns its mean loss over its micro-batches."""
+    def add_loss(self, loss) -> None:
+        """A micro-batch's loss (a detached device tensor), read with the optimizer step's other figures."""
+        self.pending.append(loss)
+
+    def take_losses(self):
+        """This optimizer step's micro-batch losses as one device tensor (then forgotten here)."""
+        losses, self.pending = self.pending, []
+        return torch.stack([loss.float().reshape(()) for loss in losses])
+
+    def end_step(self, losses: list[float], grad_norm: float, clipped: bool, overflow: bool = False) -> float:
+        """Close an optimizer step with its micro-batches' ``losses``; returns their mean (a
+        non-finite one included: the step record shows it). ``overflow``: fp16's grad scaler skipped
+        the step (its gradient norm is infinite by definition: neither averaged nor counted as clipped)."""
+        finite = [loss for loss in losses if math.isfinite(loss)]
+        self.sums["loss"] += sum(losses)
+        self.epoch_loss, self.epoch_micro = self.epoch_loss + sum(losses), self.epoch_micro + len(losses)
+        self.nonfinite += len(losses) - len(finite)
         self.sums["syncs"] += 1
+        step_loss = sum(losses) / max(1, len(losses))
+        self.last_loss = step_loss
+        if finite:
+            self.recent.append(sum(finite) / len(finite))
+            self.epoch_losses.append(sum(finite) / len(finite))
+        if overflow:
+            self.sums["overflow"] += 1
+            self.overflows += 1
+            return step_loss
         self.sums["clipped"] += int(clipped)
-        step_loss = self._step_raw / max(1, self._step_micro)
-        self._step_raw, self._step_micro = 0.0, 0
-        if self._step_count:
-            loss = self._step_sum / self._step_count
-            self.recent.append(loss)
-            self.epoch_losses.append(loss)
         if math.isfinite(grad_norm):
             self.recent_norms.append(grad_norm)
             self.epoch_norms.append(grad_norm)
         self.recent_clipped.append(bool(clipped))
         self.epoch_clipped.append(bool(clipped))
-        self._step_sum, self._step_count = 0.0, 0
         return step_loss
 
     def take_window(self) -> dict:
@@ -112,7 +126,7 @@ class Meter:
 
     def epoch_summary(self) -> dict:
         return {**summarise(self.epoch_losses, self.epoch_norms, self.epoch_clipped, "epoch"),
-                "nonfinite_losses_epoch": self.nonfinite}
+                "nonfinite_losses_epoch": self.nonfinite, "overflow_steps_epoch": self.overflows}
 
     @staticmethod
     def line(summary: dict, scope: str) -> str:

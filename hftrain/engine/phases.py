@@ -6,7 +6,8 @@ epochs unfrozen at batch 16), the loop enters each phase at its first epoch (or 
 it): the frozen parameters get ``requires_grad=False`` (no gradient, so no update and no optimizer
 state; the optimizer keeps its state for parameters that stay trainable), BatchNorm layers whose
 parameters are all frozen stay in eval mode (running statistics untouched), the training dataloader
-is rebuilt for the phase's batch size, and the learning rate curve is rescaled to the phase's peak.
+is rebuilt for the phase's batch size, and the learning rate curve is rescaled to the phase's peak
+(times the non-finite guard's rollback factor, when rollbacks lowered it).
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def frozen_norms_to_eval(model: nn.Module) -> int:
     return count
 
 
+def peak_scale(run) -> float:
+    """The schedule's peak relative to ``optim.lr``: the phase's lr, times the non-finite guard's
+    rollback factor (``run.state.lr_scale``: it outlives phase changes and resumes)."""
+    return run.phase.lr / run.recipe.optim.lr * run.state.lr_scale
+
+
 def enter_phase(run, phase: Phase) -> None:
     """Apply ``phase`` to ``run`` (a :class:`hftrain.engine.state.Run`): its frozen parameters,
     micro-batch and accumulation, peak lr. Under DDP, a model whose trainable set changed is wrapped
@@ -139,7 +146,7 @@ def enter_phase(run, phase: Phase) -> None:
         run.wrapped_trainable = now_trainable
     run.optimizer.zero_grad(set_to_none=True)
     run.health.batching.resize(phase.batch_size, phase.accumulation)
-    set_peak_lr(run.scheduler, phase.lr / run.recipe.optim.lr)
+    set_peak_lr(run.scheduler, peak_scale(run))
     if run.recipe.phases:
         log.print(f"entering {phase.describe()}; {frozen_n / 1e6:.2f}M parameters frozen, "
                   f"{trainable_n / 1e6:.2f}M trainable")

@@ -33,23 +33,38 @@ class LoopState:
     step: int = 0  # optimizer steps done
     batches_done: int = 0  # micro-batches consumed in this epoch (the dataloader position)
     epoch_batches: int = 0  # micro-batches in a whole epoch on this process
-    bad_images: int = 0
+    bad_images: int = 0  # images of this epoch that failed to decode on this process (data.max_bad_fraction)
     save_count: int = 0
     best: float | None = None  # best value of checkpoint.best_metric so far
     ema: ModelEma | None = None  # ema.enabled: the weights' moving average (checkpoints hold it as ema.pt)
+    lr_scale: float = 1.0  # guard.nonfinite: rollback: product of the rollbacks' lr_factor (times every phase's peak)
+    rollbacks: int = 0  # rollbacks so far (guard.max_rollbacks)
+    process_index: int = 0  # this process, of num_processes (each counts its own bad images)
+    num_processes: int = 1
 
     def saved(self, epoch_complete: bool) -> dict:
         """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
         last batch: a resumed run then still does the epoch's end (evaluation, best/, checkpoint)."""
         return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
-                "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best}
+                "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best,
+                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
 
-    def resume_at(self, saved: dict) -> None:
+    def resume_at(self, saved: dict, rollback: bool = False) -> None:
         """Position the loop where a checkpoint's trainer_state.json says (a resume or a rollback):
-        after a complete epoch the next one starts; inside an epoch, the same epoch at its batch."""
+        after a complete epoch the next one starts; inside an epoch, the same epoch at its batch,
+        with the bad images its processes had counted so far (``bad_images``, one per process; a
+        resume on another number of processes shares their sum). A resume also takes the guard's
+        lr scale and rollback count; a ``rollback`` keeps the run's own (the guard then lowers it)."""
+        if not rollback:
+            self.lr_scale, self.rollbacks = saved.get("lr_scale", 1.0), saved.get("rollbacks", 0)
         self.step = saved["step"]
         self.epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
         self.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]
+        counts = [] if saved["epoch_complete"] else saved.get("bad_images", [])
+        if len(counts) == self.num_processes:
+            self.bad_images = counts[self.process_index]
+        else:
+            self.bad_images = -(-sum(counts) // self.num_processes)
 
 
 @dataclass

@@ -4,8 +4,9 @@
   (its slot in the learning-rate schedule is used up, so the schedule stays aligned with the data).
 - ``rollback``: bad steps are skipped as above; after ``guard.consecutive`` bad steps in a row the
   last good checkpoint is reloaded (model, optimizer, scheduler, data position), the learning rate
-  is multiplied by ``guard.lr_factor`` (for the rest of the run) and training goes on; the rollback
-  after ``guard.max_rollbacks`` rollbacks aborts instead.
+  is multiplied by ``guard.lr_factor`` (for the rest of the run: the factor composes with each
+  phase's peak and is saved in checkpoints, so a phase change or a resume keeps it) and training
+  goes on; the rollback after ``guard.max_rollbacks`` rollbacks aborts instead.
 - ``abort``: the first bad step stops the run (:class:`NonFiniteAbort`).
 
 Every event goes to the console, to ``metrics.jsonl`` (type ``nonfinite``) and to
@@ -14,10 +15,12 @@ Every event goes to the console, to ``metrics.jsonl`` (type ``nonfinite``) and t
 (``debug: true``), the first module whose output held NaN/Inf.
 
 The loop calls :meth:`NonFiniteGuard.observe` after every forward (device-side flags, no host
-sync) and :meth:`NonFiniteGuard.verdict` once per optimizer step, before the update (one sync,
-shared with the gradient norm; under several processes the flags are summed so every process
-takes the same decision). With fp16 mixed precision the grad scaler already skips steps with
-non-finite gradients (that is how it calibrates), so only a non-finite loss counts there.
+sync) and :meth:`NonFiniteGuard.verdict` once per optimizer step, before the update. That is the
+step's one host transfer: the flags (summed over processes so that every process takes the same
+decision, with the stop signal's flag, :mod:`hftrain.health.preemption`), the gradient norm and
+the step's micro-batch losses come back together as a :class:`Reading`. With fp16 mixed precision
+the grad scaler already skips steps with non-finite gradients (that is how it calibrates), so only
+a non-finite loss counts there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +36,16 @@ import torch
 
 class NonFiniteAbort(RuntimeError):
     """The run stopped on a non-finite loss or gradient (``guard.nonfinite: abort``, or too many rollbacks)."""
+
+
+@dataclass
+class Reading:
+    """What the host learns at the end of an optimizer step, in one transfer."""
+
+    verdict: str  # ok | skip | rollback
+    grad_norm: float = math.nan  # before clipping
+    losses: list[float] = field(default_factory=list)  # this process's micro-batch losses in the step
+    stop: bool = False  # a stop signal reached some process: every process stops at this step
 
 
 class NonFiniteGuard:
@@ -44,9 +58,6 @@ class NonFiniteGuard:
         self.events: list[dict] = []
         self.consecutive = 0
         self.skipped = 0
-        self.rollbacks = 0
-        self.lr_scale = 1.0
-        self.initial_base_lrs: list[float] | None = None
         self._reset_window()
 
     def _reset_window(self) -> None:
@@ -100,40 +111,47 @@ class NonFiniteGuard:
                 self.terms_bad = self.terms_bad + flags
 
     # -- once per optimizer step, before the update
-    def verdict(self, grad_norm, state, accelerator) -> str:
-        """``ok``, ``skip`` or ``rollback``; raises NonFiniteAbort for ``abort``."""
+    def verdict(self, grad_norm, state, accelerator, losses=None, stop: bool = False) -> Reading:
+        """The step's :class:`Reading`, with the verdict ``ok``, ``skip`` or ``rollback``; raises
+        NonFiniteAbort for ``abort``. ``losses``: the micro-batch losses (one device tensor) to read
+        in the same transfer; ``stop``: this process received a stop signal."""
         device = accelerator.device
         loss_bad = self.loss_bad if self.loss_bad is not None else torch.zeros((), device=device)
-        grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=device).float())).float()
+        norm = torch.as_tensor(grad_norm, device=device).float().reshape(())
+        grad_bad = (~torch.isfinite(norm)).float()
         if not self.count_gradients:
             grad_bad = torch.zeros_like(grad_bad)
-        flags = torch.stack([loss_bad.to(device).reshape(()), grad_bad.reshape(())])
+        flags = torch.stack([loss_bad.to(device).reshape(()), grad_bad, torch.full((), float(stop), device=device)])
         if accelerator.num_processes > 1:
             flags = accelerator.reduce(flags, "sum")
-        loss_count, grad_count = flags.tolist()
+        mine = [norm.reshape(1)] + ([losses.to(device).float().reshape(-1)] if losses is not None else [])
+        loss_count, grad_count, stops, norm_value, *loss_values = torch.cat([flags, *mine]).tolist()  # the one sync
+        reading = Reading("ok", norm_value, loss_values, stops > 0)
         if loss_count == 0 and grad_count == 0:
             self.consecutive = 0
             self._reset_window()
             if self.hooks is not None:
                 self.hooks.clear()
-            return "ok"
-        event = self._event(state, loss_count, grad_count, float(grad_norm))
+            return reading
+        event = self._event(state, loss_count, grad_count, norm_value)
         self._reset_window()
         self.consecutive += 1
         self.skipped += 1
         mode = self.cfg.nonfinite
         if mode == "abort":
-            self._finish(event, "abort")
+            self._finish(event, "abort", state)
             raise NonFiniteAbort(self._message(event, "abort"))
         if mode == "rollback" and self.consecutive >= self.cfg.consecutive:
-            if self.rollbacks >= self.cfg.max_rollbacks:
-                self._finish(event, "abort after rollbacks")
-                raise NonFiniteAbort(self._message(event, f"abort: {self.rollbacks} rollbacks did not help "
+            if state.rollbacks >= self.cfg.max_rollbacks:
+                self._finish(event, "abort after rollbacks", state)
+                raise NonFiniteAbort(self._message(event, f"abort: {state.rollbacks} rollbacks did not help "
                                                           f"(guard.max_rollbacks={self.cfg.max_rollbacks})"))
-            self._finish(event, "rollback")
-            return "rollback"
-        self._finish(event, "skip")
-        return "skip"
+            self._finish(event, "rollback", state)
+            reading.verdict = "rollback"
+            return reading
+        self._finish(event, "skip", state)
+        reading.verdict = "skip"
+        return reading
 
     def _event(self, state, loss_count: float, grad_count: float, grad_norm: float) -> dict:
         terms = []
@@ -166,50 +184,44 @@ class NonFiniteGuard:
                 f"non-finite loss terms: {terms}; first module with NaN/Inf output: {module}; "
                 f"{event['consecutive']} bad step(s) in a row -> {outcome}")
 
-    def _finish(self, event: dict, outcome: str) -> None:
+    def _finish(self, event: dict, outcome: str, state) -> None:
         event["outcome"] = outcome
         self.events.append(event)
         self.log.print(f"[guard] {self._message(event, outcome)}")
         self.log.record("nonfinite", {k: v for k, v in event.items() if k != "step"}, event["step"])
-        self.write_report()
+        self.write_report(state)
 
-    def write_report(self) -> None:
+    def write_report(self, state) -> None:
         if not self.log.enabled:
             return
         report = {
-            "mode": self.cfg.nonfinite, "skipped_steps": self.skipped, "rollbacks": self.rollbacks,
-            "lr_scale": self.lr_scale, "events": self.events,
+            "mode": self.cfg.nonfinite, "skipped_steps": self.skipped, "rollbacks": state.rollbacks,
+            "lr_scale": state.lr_scale, "events": self.events,
         }
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
         self.report_path.write_text(json.dumps(report, indent=2))
 
     # -- rollback
-    def remember_schedule(self, scheduler) -> None:
-        """The scheduler's peak learning rates before any rollback scaled them."""
-        self.initial_base_lrs = list(scheduler.base_lrs)
-
-    def rolled_back(self, source, saved_step: int, scheduler, optimizer, log) -> None:
-        """The loop reloaded checkpoint ``source`` (at ``saved_step``): lower the learning rate from
-        now on, drop the partial gradients and say so."""
-        self.rollbacks += 1
+    def rolled_back(self, source, saved_step: int, state, optimizer, log) -> None:
+        """The loop reloaded checkpoint ``source`` (at ``saved_step``): count the rollback, lower
+        ``state.lr_scale`` (the loop applies it to the phase's peak), drop the partial gradients and
+        say so. ``state`` (the loop's LoopState) keeps the scale and the count in checkpoints."""
+        state.rollbacks += 1
         self.consecutive = 0
-        self.lr_scale *= self.cfg.lr_factor
-        base = self.initial_base_lrs or list(scheduler.base_lrs)
-        scheduler.base_lrs = [lr * self.lr_scale for lr in base]
-        for group, peak, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = peak * factor(scheduler.last_epoch)
+        state.lr_scale *= self.cfg.lr_factor
         optimizer.zero_grad(set_to_none=True)
         self.events[-1]["rolled_back_to"] = str(source)
-        self.write_report()
-        log.print(f"[guard] rollback {self.rollbacks}/{self.cfg.max_rollbacks}: reloaded {source} "
-                  f"(step {saved_step}); learning rate x{self.lr_scale:g} from now on")
-        log.record("rollback", {"checkpoint": str(source), "lr_scale": self.lr_scale,
-                                "rollbacks": self.rollbacks}, saved_step)
+        self.write_report(state)
+        log.print(f"[guard] rollback {state.rollbacks}/{self.cfg.max_rollbacks}: reloaded {source} "
+                  f"(step {saved_step}); learning rate x{state.lr_scale:g} from now on")
+        log.record("rollback", {"checkpoint": str(source), "lr_scale": state.lr_scale,
+                                "rollbacks": state.rollbacks}, saved_step)
 
     def summary(self) -> str | None:
         """One line for the end of the run, or None when nothing happened."""
         if not self.events:
             return None
-        return (f"[guard] {self.skipped} non-finite step(s) dropped, {self.rollbacks} rollback(s); "
+        rollbacks = sum(event.get("outcome") == "rollback" for event in self.events)
+        return (f"[guard] {self.skipped} non-finite step(s) dropped, {rollbacks} rollback(s); "
                 f"first at step {self.events[0]['step']} (terms: {', '.join(self.events[0]['terms']) or 'none'}); "
                 f"report: {self.report_path}")

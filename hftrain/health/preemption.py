@@ -1,8 +1,9 @@
 """SIGTERM / SIGINT: checkpoint at the next optimizer-step boundary and exit cleanly.
 
 The first signal only sets a flag; the loop checks it after every optimizer step (agreeing
-across processes, so every rank stops at the same step), writes a checkpoint and returns. A
-second signal exits at once.
+across processes, so every rank stops at the same step: the flag travels in the non-finite
+guard's per-step reduce, :meth:`hftrain.health.guard.NonFiniteGuard.verdict`, with no transfer of
+its own), writes a checkpoint and returns. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-
-import torch
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -37,12 +36,10 @@ class StopSignal:
         print(f"[hftrain] {signal.Signals(signum).name} received: saving a checkpoint at the next step "
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
-    def requested(self, accelerator) -> bool:
-        flag = self.received is not None
-        if accelerator.num_processes > 1:  # a signal seen by any process stops all of them
-            seen = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-            flag = bool(accelerator.reduce(seen, "sum").item() > 0)
-        return flag
+    @property
+    def seen(self) -> bool:
+        """This process received a signal (the guard's reduce tells every process whether any did)."""
+        return self.received is not None
 
     def report(self, state) -> None:
         name = signal.Signals(self.received).name if self.received else "a stop signal on another process"

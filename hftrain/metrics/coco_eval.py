@@ -1,7 +1,10 @@
 """COCO-style box evaluation of predictions against a dataset in the project's schema.
 
 The ground truth is built from the dataset rows (so every source format is evaluated the same
-way); crowd boxes are COCO ignore regions. Backends: pycocotools (the reference) or
+way); crowd boxes are COCO ignore regions, and so are VOC ``difficult`` boxes (mmdetection's
+VOC-to-COCO converter writes them with ``iscrowd: 1``): a detection on one counts neither as a hit
+nor as a false positive, and missing one costs nothing. The VOC metric (``voc_eval``) keeps its own
+difficult handling. Backends: pycocotools (the reference) or
 faster-coco-eval (same statistics, much faster).
 """
 
@@ -12,6 +15,8 @@ import gc
 import io
 
 import numpy as np
+
+from hftrain.metrics.objects import per_object
 
 STAT_NAMES = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -24,11 +29,12 @@ TABLE = (
 
 
 def ground_truth(rows, class_names: list[str]) -> dict:
-    """A COCO ground-truth dict from dataset rows (``image_id``, ``width``, ``height``, ``objects``)."""
+    """A COCO ground-truth dict from dataset rows (``image_id``, ``width``, ``height``, ``objects``);
+    crowd and difficult boxes become ``iscrowd: 1`` (ignore regions)."""
     images, annotations = [], []
     for row in rows:
         images.append({"id": int(row["image_id"]), "width": int(row["width"]), "height": int(row["height"])})
-        for obj in row["objects"]:
+        for obj in per_object(row["objects"]):
             x, y, w, h = (float(v) for v in obj["bbox"])
             annotations.append({
                 "id": len(annotations) + 1,
@@ -36,7 +42,7 @@ def ground_truth(rows, class_names: list[str]) -> dict:
                 "category_id": int(obj["category"]),
                 "bbox": [x, y, w, h],
                 "area": float(obj["area"]) if obj["area"] else w * h,
-                "iscrowd": int(obj["iscrowd"]),
+                "iscrowd": 1 if obj["iscrowd"] or obj.get("difficult", 0) else 0,
             })
     categories = [{"id": i, "name": name} for i, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
@@ -57,13 +63,17 @@ def detection_arrays(predictions: list[dict]) -> tuple[np.ndarray, np.ndarray, n
     return image_ids, labels, xywh, scores
 
 
-def predictions_to_coco(predictions: list[dict]) -> list[dict]:
+def predictions_to_coco(predictions: list[dict], category_ids: list[int] | None = None) -> list[dict]:
     """Per-image ``{image_id, boxes (xyxy), scores, labels}`` to COCO result entries (xywh), the
     input of ``COCO.loadRes``. Converted in one numpy pass over all detections, then turned into
-    Python numbers with ``tolist``: 500,000 detections take a fraction of a second."""
+    Python numbers with ``tolist``: 500,000 detections take a fraction of a second.
+    ``category_ids``: the ``category_id`` written for each label (the dataset's own ids, for a
+    COCO results file); None writes the labels themselves."""
     if not predictions:
         return []
     image_ids, labels, xywh, scores = detection_arrays(predictions)
+    if category_ids is not None:
+        labels = np.asarray(category_ids, dtype=np.int64)[labels]
     return [
         {"image_id": image_id, "category_id": label, "bbox": bbox, "score": score}
         for image_id, label, bbox, score in zip(image_ids.tolist(), labels.tolist(), xywh.tolist(), scores.tolist())

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from hftrain.metrics.objects import per_object
+
 
 @dataclass
 class VOCResult:
@@ -183,7 +185,7 @@ def ground_truth_from_rows(rows) -> list[dict[str, np.ndarray]]:
     """
     out = []
     for row in rows:
-        objects = row["objects"]
+        objects = per_object(row["objects"])
         boxes = np.array([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         difficult = np.array([bool(o.get("difficult", 0)) or bool(o.get("iscrowd", 0)) for o in objects], dtype=bool)

@@ -39,6 +39,11 @@ class Detector:
     """Whether DDP must look for parameters that get no gradient in this family."""
     backbone_prefixes: tuple[str, ...] = field(default=("model.backbone",))
     """Parameter-name prefixes that get the backbone learning-rate multiplier."""
+    loaded: str = ""
+    """Where the weights came from, for the run header: pretrained checkpoint, backbone, heads
+    re-initialised and their class-bias prior; or from scratch."""
+    notes: list[str] = field(default_factory=list)
+    """Lines printed once at the start of a run (e.g. a transformers behaviour hftrain no longer corrects)."""
 
     def save(self, directory) -> None:
         """Write weights, config and image processor so ``from_pretrained(directory)`` works."""

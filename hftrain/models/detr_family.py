@@ -10,14 +10,17 @@ recipe turns it off, the criterion in fp32 (:mod:`hftrain.models.criterion`).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
+import transformers
 from torch import nn
-from transformers import AutoModelForObjectDetection, PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 
+from hftrain.models import timm_resnet
 from hftrain.models.box_count import normalise_by_global_box_count
 from hftrain.models.criterion import run_loss_in_fp32
+from hftrain.models.pretrained import PretrainedNotFound  # noqa: F401 - raised by build_or_load, imported from here
+from hftrain.models.pretrained import Loaded, from_scratch, load_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,10 +28,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # keyword arguments the DETR-family configs take besides their fields (consumed by __post_init__)
 BACKBONE_KWARGS = frozenset({"use_timm_backbone", "backbone", "backbone_kwargs", "use_pretrained_backbone",
                              "num_labels"})
-
-
-class PretrainedNotFound(OSError):
-    """Pretrained weights could not be loaded (no network, wrong id, missing directory)."""
 
 
 def label_fields(class_names: list[str]) -> dict[str, Any]:
@@ -51,21 +50,6 @@ def check_config_keys(config_class: type[PreTrainedConfig], overrides: dict[str,
                          f"(known: {', '.join(sorted(known))})")
 
 
-def load_pretrained(name: str, class_names: list[str], overrides: dict[str, Any]) -> PreTrainedModel:
-    """``from_pretrained`` with the recipe's labels; mismatched heads are re-initialised."""
-    try:
-        return AutoModelForObjectDetection.from_pretrained(
-            name, ignore_mismatched_sizes=True, **label_fields(class_names), **overrides
-        )
-    except OSError as err:
-        where = "local directory" if Path(name).exists() else "hub id"
-        raise PretrainedNotFound(
-            f"model.pretrained: could not load {where} {name!r} ({err.__class__.__name__}: {str(err)[:300]}). "
-            "Without network access, download the weights elsewhere (save_pretrained) and pass the local "
-            "directory as model.pretrained."
-        ) from None
-
-
 def config_from_recipe(config_class: type[PreTrainedConfig], overrides: dict[str, Any], class_names: list[str],
                        backbone_type: str) -> PreTrainedConfig:
     """The family's config from ``model.config``; a ``backbone_config`` dict is a ``backbone_type``
@@ -77,25 +61,34 @@ def config_from_recipe(config_class: type[PreTrainedConfig], overrides: dict[str
         backbone = {"model_type": backbone_type, **backbone}
     if backbone is not None:
         overrides["backbone_config"] = backbone
-    return config_class(**overrides, **label_fields(class_names))
+    config = config_class(**overrides, **label_fields(class_names))
+    return timm_resnet.converted_config(config, "model.config")[0]  # no backbone_config: transformers wants timm's resnet50
 
 
 def build_or_load(cfg, class_names: list[str], config_class: type[PreTrainedConfig],
-                  model_class: type[PreTrainedModel], backbone_type: str) -> PreTrainedModel:
-    """``cfg.pretrained`` loaded with ``cfg.config`` as overrides, or a new model from ``cfg.config``."""
+                  model_class: type[PreTrainedModel], backbone_type: str) -> tuple[PreTrainedModel, Loaded]:
+    """``cfg.pretrained`` loaded with ``cfg.config`` as overrides, or a new model from ``cfg.config``;
+    and how (:class:`hftrain.models.pretrained.Loaded`). Class heads that were initialised rather
+    than loaded get their family's class-bias prior (:mod:`hftrain.models.head_prior`)."""
     if cfg.pretrained:
         check_config_keys(config_class, cfg.config)
-        return load_pretrained(cfg.pretrained, class_names, cfg.config)
-    return model_class(config_from_recipe(config_class, cfg.config, class_names, backbone_type))
+        return load_pretrained(cfg.pretrained, label_fields(class_names), cfg.config)
+    model = model_class(config_from_recipe(config_class, cfg.config, class_names, backbone_type))
+    return model, from_scratch(model)
 
 
-def reset_batchnorm_scale(model: nn.Module) -> None:
-    """BatchNorm weights to 1 (PyTorch's default). transformers initialises RT-DETR's from
+def reset_batchnorm_scale(model: nn.Module) -> str | None:
+    """BatchNorm weights to 1 (PyTorch's default). transformers 5.24 initialises RT-DETR's from
     N(0, 0.01): harmless when pretrained weights replace them, but from scratch every BatchNorm
-    starts with a near-zero gain."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
+    starts with a near-zero gain. Where transformers already starts them at 1 (a newer version),
+    nothing changes and the returned note says so."""
+    norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    if norms and all(bool((module.weight == 1).all()) for module in norms):
+        return (f"BatchNorm init: transformers {transformers.__version__} already starts {type(model).__name__}'s "
+                "BatchNorm weights at 1; hftrain's reset is off")
+    for module in norms:
+        nn.init.ones_(module.weight)
+    return None
 
 
 def backbone_tail_unused(config: PreTrainedConfig) -> bool:
@@ -107,9 +100,10 @@ def backbone_tail_unused(config: PreTrainedConfig) -> bool:
     return bool(out_features and stage_names) and out_features[-1] != stage_names[-1]
 
 
-def finish(model: PreTrainedModel, fp32_criterion: bool) -> PreTrainedModel:
-    """The loss path every DETR-family model shares: global box count, then (optionally) fp32."""
-    normalise_by_global_box_count(model)
+def finish(model: PreTrainedModel, fp32_criterion: bool) -> list[str]:
+    """The loss path every DETR-family model shares: global box count, then (optionally) fp32.
+    Returns the box count's notes (:func:`hftrain.models.box_count.criteria_to_correct`)."""
+    notes = normalise_by_global_box_count(model)
     if fp32_criterion:
         run_loss_in_fp32(model)
-    return model
+    return notes

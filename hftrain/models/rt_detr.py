@@ -9,9 +9,18 @@ checkpoints use ``RTDetrImageProcessor``.
 
 Without ``auxiliary_loss`` the encoder's query-selection heads (``enc_output``,
 ``enc_score_head``, ``enc_bbox_head``) get no gradient: their loss is one of the auxiliary terms.
+
+A micro-batch without boxes (background images) makes transformers skip denoising, so
+``denoising_class_embed`` would get no gradient on that process and DDP's gradient buckets would
+differ between processes (gloo: "Received data size doesn't match expected size"; NCCL: a hang).
+:func:`keep_denoising_in_graph` adds the embedding to the loss with weight 0 on such batches: every
+parameter then takes part on every process, and the gradient is unchanged (DDP's
+``find_unused_parameters``, which would search the graph at every step, stays off).
 """
 
 from __future__ import annotations
+
+import functools
 
 from transformers import (
     DFineConfig,
@@ -29,12 +38,12 @@ from hftrain.models.postprocess import sigmoid_topk
 
 
 def _detector(cfg, class_names, config_class, model_class, backbone_type: str, fp32_criterion: bool) -> Detector:
-    model = build_or_load(cfg, class_names, config_class, model_class, backbone_type)
-    if not cfg.pretrained:
-        reset_batchnorm_scale(model)
+    model, loaded = build_or_load(cfg, class_names, config_class, model_class, backbone_type)
+    reset_note = None if cfg.pretrained else reset_batchnorm_scale(model)
+    keep_denoising_in_graph(model)
     config = model.config
     return Detector(
-        model=finish(model, fp32_criterion),
+        model=model,
         postprocess=sigmoid_topk,
         image_processor=RTDetrImageProcessorPil(),
         image_mean=(0.0, 0.0, 0.0),
@@ -43,7 +52,29 @@ def _detector(cfg, class_names, config_class, model_class, backbone_type: str, f
         pad_to_multiple=32,
         find_unused_parameters=not config.auxiliary_loss or backbone_tail_unused(config),
         backbone_prefixes=("model.backbone",),
+        loaded=loaded.summary,
+        notes=loaded.notes + ([reset_note] if reset_note else []) + finish(model, fp32_criterion),
     )
+
+
+def keep_denoising_in_graph(model) -> None:
+    """Wrap ``model.loss_function``: when transformers skipped denoising (no box in the micro-batch),
+    add ``0 * denoising_class_embed.weight.sum()`` to the loss, so the embedding gets a (zero)
+    gradient as on the processes whose micro-batch had boxes."""
+    embed = getattr(model.model, "denoising_class_embed", None)  # absent with num_denoising: 0
+    original = model.loss_function
+    if embed is None or getattr(original, "_hftrain_denoising", False):
+        return
+
+    @functools.wraps(original)
+    def loss_function(*args, **kwargs):
+        loss, *rest = original(*args, **kwargs)
+        if kwargs.get("denoising_meta_values") is None:  # denoising skipped: no box in this micro-batch
+            loss = loss + 0.0 * embed.weight.sum()
+        return (loss, *rest)
+
+    loss_function._hftrain_denoising = True
+    model.loss_function = loss_function
 
 
 def build_rt_detr(cfg, class_names: list[str], fp32_criterion: bool = True) -> Detector:

@@ -8,8 +8,9 @@ Constraints found on the way (transformers 5.23):
   (strides 16 and 32) has only 20 of.
 - RT-DETR's ResNet with ``layer_type: basic`` breaks unless ``embedding_size == hidden_sizes[0]``;
   the bottleneck layout works. ``encoder_in_channels`` must be the backbone's output channels.
-- DETR, Conditional and Deformable DETR get a transformers ResNet through ``backbone_config``
-  (without one transformers wants timm's ResNet-50).
+- DETR, Conditional and Deformable DETR get a small transformers ResNet through ``backbone_config``
+  (without one, transformers' default is timm's ResNet-50, which hftrain builds as transformers'
+  ResNet-50: hftrain/models/timm_resnet.py).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def _check_best_metric_and_saving(recipe: Recipe, problems: list[str]) -> None:
 
 
 def _check_data(recipe: Recipe, problems: list[str]) -> None:
-    """Workers, flip and augmentation probabilities, RAM cache margin."""
+    """Workers, flip and augmentation probabilities, RAM cache margin; a yolo split names its sets."""
     if recipe.data.num_workers < 0:
         problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
     if not 0.0 <= recipe.data.hflip <= 1.0:
@@ -102,6 +102,41 @@ def _check_data(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
     if recipe.data.cache_margin_gb < 0:
         problems.append(f"data.cache_margin_gb: must be 0 or more, got {recipe.data.cache_margin_gb}")
+    if recipe.data.format == "yolo" and recipe.data.synthetic is None:
+        for name in ("train",) if recipe.data.val.from_train is not None else ("train", "val"):
+            split: SplitConfig = getattr(recipe.data, name)
+            if not split.sets:
+                problems.append(f"data.{name}.sets: format yolo reads the data.yaml sets named here, "
+                                f"e.g. [{name}]; none given")
+            if split.labels is not None:
+                problems.append(f"data.{name}.labels: format yolo finds the label files from data.yaml "
+                                f"(data.{name}.images); leave labels unset")
+    _check_splits(recipe, problems)
+
+
+def _check_splits(recipe: Recipe, problems: list[str]) -> None:
+    """``data.val.from_train`` (a fraction, val otherwise unset) and ``data.class_names`` (VOC, distinct)."""
+    data = recipe.data
+    if data.train.from_train is not None:
+        problems.append("data.train.from_train: applies to data.val only (the fraction of train held out as val)")
+    from_train = data.val.from_train
+    if from_train is not None:
+        if not 0.0 < from_train < 1.0:
+            problems.append(f"data.val.from_train: must be a fraction in (0, 1), got {from_train}")
+        given = [key for key in ("images", "labels") if getattr(data.val, key) is not None]
+        if data.val.sets:
+            given.append("sets")
+        if given:
+            problems.append(f"data.val.from_train: the validation split is held out of train, so data.val."
+                            f"{'/'.join(given)} must not be set")
+        if data.synthetic is not None:
+            problems.append("data.val.from_train: the synthetic dataset generates its own validation split")
+    names = data.class_names
+    if names and data.format != "voc":
+        problems.append(f"data.class_names: applies to format voc only; {data.format} names its classes in its "
+                        "label files")
+    if any(not str(name).strip() for name in names) or len(set(names)) != len(names):
+        problems.append(f"data.class_names: names must be non-empty and distinct, got {names}")
 
 
 def _check_ema_and_cuda(recipe: Recipe, problems: list[str]) -> None:
@@ -138,8 +173,12 @@ def missing_paths(recipe: Recipe) -> list[str]:
     problems = []
     for split_name in ("train", "val"):
         split: SplitConfig = getattr(recipe.data, split_name)
+        if split_name == "val" and split.from_train is not None:
+            continue  # held out of train
         for attr in ("images", "labels"):
             value = getattr(split, attr)
+            if recipe.data.format == "hf" and attr == "images" and value is not None and not _looks_local(value):
+                continue  # a Hub dataset id (load_dataset says when it cannot be had)
             if value is not None and not Path(value).exists():
                 problems.append(f"data.{split_name}.{attr}: path {value} does not exist")
         if split.images is None:

@@ -24,13 +24,23 @@ class ModelConfig:
 @dataclass
 class SplitConfig:
     images: str | None = None
-    """Image directory (COCO, FRED root, VOCdevkit) or a converted dataset directory."""
+    """Image directory (COCO, VOC folder, FRED root, VOCdevkit), a YOLO dataset's data.yaml, or a converted
+    dataset directory."""
     labels: str | None = None
-    """Annotation file (COCO JSON, BDD100K JSON); unused by folder formats."""
+    """Annotation file (COCO JSON, BDD100K JSON), or VOC's folder of XML files (LabelImg, CVAT, Roboflow:
+    then ``images`` is the image folder; without it ``images`` is a VOCdevkit)."""
     sets: list[str] = field(default_factory=list)
-    """Format-specific split names, e.g. VOC ``2007/trainval`` or a FRED split file."""
+    """Format-specific split names: VOCdevkit ``2007/trainval``; for a VOC folder (``labels`` set), files
+    listing the image ids (XML stems) of this split, one per line; FRED ``train`` or ``test`` (a folder
+    under the root) or a split file (``challenging/train``, or a ``.txt`` path); the data.yaml sets
+    of a YOLO dataset (``[train]``, ``[val]``; required for yolo)."""
     subset: int | None = None
     """Use only this many images (a seeded random subset)."""
+    from_train: float | None = None
+    """data.val only: hold this fraction (in (0, 1)) of the training split's images out as the validation
+    split, for datasets without one; ``images``/``labels``/``sets`` stay unset. Chosen per image from its
+    path and ``data.seed`` (``hftrain.data.holdout``): the same in every run and process, before the
+    blacklist; the held-out images are never trained on. null: the validation split is read as given."""
 
 
 @dataclass
@@ -88,7 +98,10 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     format: str = "coco"
-    """Source format: coco | voc | bdd100k | fred | hf (a directory from ``hftrain convert``)."""
+    """Source format: coco | voc | bdd100k | fred | yolo (ultralytics data.yaml) | hf (a folder from
+    ``hftrain convert``, or any dataset in the Hub detection schema: a save_to_disk folder, an
+    imagefolder with metadata.jsonl, a Hub id; ``sets: [NAME]`` picks its split, by default train /
+    validation)."""
     train: SplitConfig = field(default_factory=SplitConfig)
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -121,10 +134,17 @@ class DataConfig:
     """Pin host memory for faster copies to a CUDA device (ignored on CPU)."""
     category_map: dict[str, str | None] = field(default_factory=dict)
     """Rename source categories; a null value drops that category (counted)."""
+    class_names: list[str] = field(default_factory=list)
+    """VOC (both layouts): the classes, in this order; an object of another class is an error naming its
+    file (unless ``category_map`` renames or drops it). Empty: a VOC folder uses the names found in its
+    XML files sorted by name, a VOCdevkit the 20 PASCAL classes. The other formats name their classes in
+    their label files (COCO categories, BDD100K's list, FRED's drone classes, a converted dataset's
+    ClassLabel), so it does not apply to them."""
     max_missing: float = 0.0
     """Fraction of missing image files tolerated before loading fails."""
     max_bad_fraction: float = 0.01
-    """Fraction of images that may fail to decode during training before the run stops."""
+    """Fraction of images that may fail to decode (or whose decoded size is not their annotated
+    size, e.g. turned by EXIF orientation) during training before the run stops."""
     blacklist: str | None = None
     """Blacklist JSON from ``hftrain scan`` (or ``auto``) whose images are left out. auto: every image
     is decoded once, with ``num_workers`` processes, by the main process of each machine (the others
@@ -135,10 +155,14 @@ class DataConfig:
     """FRED: which stream to read."""
     drone_classes: Literal["single", "models"] = "single"
     """FRED: one ``drone`` class, or the five drone models where the labels name them."""
+    fred_boxes: Literal["extended", "rgb"] = "extended"
+    """FRED: which box file of each sequence labels the frames: extended reads ``coordinates.txt``
+    (boxes in the padded coordinate space both streams share, as the FRED README recommends), rgb
+    reads ``coordinates_rgb.txt`` (the boxes without the padding)."""
     read_image_sizes: bool = False
     """BDD100K: read each image's size instead of assuming 1280 x 720."""
     seed: int = 0
-    """Seed for subsets."""
+    """Seed for subsets and for the images ``data.val.from_train`` holds out."""
     sampler: Literal["random", "repeat_factor"] = "random"
     """Training order: random (a seeded shuffle), or repeat_factor (LVIS class-balanced repeat factor
     sampling: an image repeats max over its classes of max(1, sqrt(repeat_threshold / f(c))) times per

@@ -24,7 +24,7 @@ import numpy as np
 from hftrain.report import draw
 from hftrain.report import plots
 from hftrain.data.decode import decode_image
-from hftrain.data.schema import resolve_image_path
+from hftrain.data.schema import objects_of, resolve_image_path
 from hftrain.report.history import read_history, write_results_csv
 
 PLOTS_DIR = "plots"
@@ -133,7 +133,7 @@ def grid_sample(dataset, row: dict, prediction: dict | None) -> draw.Sample:
     ref = row["image"]
     where = f"validation image_id {row['image_id']}"
     source = ref["bytes"] if ref.get("bytes") else resolve_image_path(dataset.image_root, ref["path"], where)
-    objects = row["objects"]
+    objects = objects_of(row)
     prediction = prediction or {}
     return draw.Sample(
         image=decode_image(source),

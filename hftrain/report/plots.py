@@ -428,17 +428,16 @@ def label_statistics(rows, class_names: list[str]) -> dict:
     import pyarrow.compute as pc
 
     table = rows.select_columns(["objects"]).with_format("arrow")[:]
-    objects = table.column("objects")
-    flat = pc.list_flatten(objects).combine_chunks()
-    parents = pc.list_parent_indices(objects).to_numpy(zero_copy_only=False)
-    names = [flat.type.field(i).name for i in range(flat.type.num_fields)]
-    count = len(flat)
+    objects = table.column("objects").combine_chunks()  # the Hub's struct of lists
+    parents = pc.list_parent_indices(objects.field("category")).to_numpy(zero_copy_only=False)
+    count = len(parents)
     ignored = np.zeros(count, dtype=bool)
     for key in ("iscrowd", "difficult"):
-        if key in names:
-            ignored |= flat.field(key).to_numpy(zero_copy_only=False).astype(bool)
-    boxes = flat.field("bbox").flatten().to_numpy(zero_copy_only=False).reshape(-1, 4) if count else np.zeros((0, 4))
-    category = flat.field("category").to_numpy(zero_copy_only=False).astype(int) if count else np.zeros(0, int)
+        ignored |= pc.list_flatten(objects.field(key)).to_numpy(zero_copy_only=False).astype(bool)
+    bbox = pc.list_flatten(objects.field("bbox"))
+    boxes = bbox.flatten().to_numpy(zero_copy_only=False).reshape(-1, 4) if count else np.zeros((0, 4))
+    category = pc.list_flatten(objects.field("category")).to_numpy(zero_copy_only=False).astype(int) if count \
+        else np.zeros(0, int)
     keep = ~ignored
     return {
         "class_names": list(class_names),

@@ -8,7 +8,9 @@ class dominates.
 doctor: one report before a long run: dataset counts and class distribution, blacklist status,
 boxes per image, image sizes, effective batch (warning below 32, as the seed's guide advises),
 learning rate and warm-up sanity, trainable and frozen parameters (the model is built, not
-trained) and the precision chosen for this device. Lines starting with ``WARNING`` need a look;
+trained) and the precision chosen for this device. The pretrained checkpoint is checked first,
+before any data is read: which checkpoint, which backbone; once the model is built, which heads
+were re-initialised and their class-bias prior. Lines starting with ``WARNING`` need a look;
 ``ERROR`` lines make the command exit with 1.
 """
 
@@ -31,8 +33,9 @@ DOMINANT_SHARE = 0.5
 """A class holding more than this share of the boxes dominates the dataset."""
 
 
-def _load(argv: list[str], prog: str, description: str, extra=None):
-    """Parse the command line, load the recipe and its data; None (problems printed) for a bad recipe."""
+def _load(argv: list[str], prog: str, description: str, extra=None, before_data=None):
+    """Parse the command line, load the recipe and its data; None (problems printed) for a bad recipe,
+    or when ``before_data(recipe)`` (run before any data is read) returns False."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.sampler=repeat_factor")
@@ -43,6 +46,8 @@ def _load(argv: list[str], prog: str, description: str, extra=None):
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as err:
         print(err, file=sys.stderr)
+        return None
+    if before_data is not None and not before_data(recipe):
         return None
     from hftrain.data.loader import load_data, materialise_synthetic
 
@@ -148,11 +153,34 @@ def check_sampler_main(argv: list[str]) -> int:
     return 0
 
 
+def _report_checkpoint(recipe) -> bool:
+    """``== model weights``: whether the pretrained checkpoint loads (config, weights file, backbone,
+    architecture), before any data is read. False (an ERROR line printed) when it cannot."""
+    from hftrain.models.pretrained import PretrainedError
+    from hftrain.models.registry import check_model
+
+    print("== model weights")
+    try:
+        described = check_model(recipe.model)
+    except PretrainedError as err:
+        print(f"ERROR: {err}")
+        print("== 1 error(s) (the data was not read)")
+        return False
+    print(f"  pretrained: {described}" if described else "  from scratch (model.pretrained: none)")
+    return True
+
+
 def doctor_main(argv: list[str]) -> int:
+    checkpoint = {}
+
+    def check_checkpoint(recipe) -> bool:
+        checkpoint["loads"] = _report_checkpoint(recipe)
+        return checkpoint["loads"]
+
     loaded = _load(argv, "hftrain doctor", "One health report of a recipe before a long run.", lambda p: p.add_argument(
-        "--processes", type=int, default=1, help="processes the run will use (default 1)"))
+        "--processes", type=int, default=1, help="processes the run will use (default 1)"), before_data=check_checkpoint)
     if loaded is None:
-        return 2
+        return 1 if checkpoint.get("loads") is False else 2
     args, recipe, data = loaded
     errors = 0
 
@@ -252,6 +280,9 @@ def _report_model_and_device(recipe, names: list[str], say) -> None:
     except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
         say(f"  model: could not build {recipe.model.name!r}: {str(err).splitlines()[0][:200]}")
     else:
+        say(f"  weights: {detector.loaded}")
+        for note in detector.notes:
+            say(f"  note: {note}")
         tensors, elements, frozen, frozen_elements = count_parameters(detector.model)
         say(f"  model {recipe.model.name}: {elements + frozen_elements:,} parameters; trainable {elements:,} "
             f"({tensors} tensors), frozen {frozen_elements:,} ({frozen} tensors)")

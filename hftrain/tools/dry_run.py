@@ -8,8 +8,11 @@ these replacements, each printed:
   switches (booleans) and loss weights (floats) of the recipe's ``model.config`` are kept, sizes
   (integers, lists, the backbone) come from the tiny config;
 - the data: a few small images with boxes written in the recipe's format and split layout (COCO
-  JSON, VOC devkit with the recipe's sets, BDD100K JSON, FRED sequences with split files, or a
-  converted ``hf`` folder); the recipe's subset and blacklist file are not used (``auto`` is);
+  JSON, VOC devkit with the recipe's sets or a LabelImg-style VOC folder with its list files,
+  BDD100K JSON, FRED as released (train/ and test/), a YOLO data.yaml with images/ and labels/
+  folders per set, or a converted ``hf`` folder); the recipe's subset and blacklist file are not
+  used (``auto`` is); ``data.val.from_train`` holds out the 4 validation images of one generated
+  training split;
 - sizes: images at most 96 x 160, micro-batches of 2 images; every epoch is one optimizer step
   (accumulation kept), two epochs, or one per phase, checkpointed each epoch, evaluated after the last;
 - precision ``no`` without CUDA; at most 1 dataloader worker; no pictures; a temporary run directory.
@@ -39,6 +42,7 @@ FORMAT_CLASSES = {
     "voc": ["car", "person", "dog"],
     "bdd100k": ["car", "pedestrian", "traffic sign"],
     "fred": ["drone"],
+    "yolo": ["car", "person", "dog"],
 }
 
 
@@ -120,28 +124,79 @@ def write_voc(devkit: Path, sets: list[str], samples, classes: list[str]) -> Non
         (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
 
 
-def write_fred(root: Path, sets: list[str], samples, modality: str, first_sequence: int) -> None:
-    """One sequence per split file named by ``sets`` (``canonical/train`` -> dataset_splits/canonical/
-    train_split.txt), frames named as FRED names them, one YOLO label file per frame."""
-    frames_sub, yolo_sub, extension = {"rgb": ("RGB", "RGB_YOLO", ".jpg"),
-                                       "event": ("Event/Frames", "Event_YOLO", ".png")}[modality]
-    height, width = SIZE
-    for k, name in enumerate(sets or ["all"]):
+def write_voc_folder(root: Path, list_names: list[str], samples, classes: list[str]) -> tuple[str, str, list[str]]:
+    """LabelImg's layout: ``images/<stem>.jpg`` beside ``annots/<stem>.xml``; with ``list_names`` (the recipe's
+    list files), one list file of ids per name, the images dealt out among them. Returns (images, annots, lists)."""
+    images, annots = root / "images", root / "annots"
+    images.mkdir(parents=True, exist_ok=True)
+    annots.mkdir(parents=True, exist_ok=True)
+    stems = []
+    for i, (pixels, boxes) in enumerate(samples):
+        stem = f"{i:05d}"
+        stems.append(stem)
+        Image.fromarray(pixels).save(images / f"{stem}.jpg", quality=90)
+        objects = "".join(
+            f"<object><name>{classes[label]}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax>"
+            f"<ymax>{y2}</ymax></bndbox></object>" for label, (x1, y1, x2, y2) in boxes)
+        (annots / f"{stem}.xml").write_text(
+            f"<annotation><folder>images</folder><filename>{stem}.jpg</filename><size><width>{SIZE[1]}</width>"
+            f"<height>{SIZE[0]}</height><depth>3</depth></size><segmented>0</segmented>{objects}</annotation>")
+    lists = []
+    for k, name in enumerate(list_names):
+        path = root / Path(name).name
+        path.write_text("".join(f"{stem}\n" for stem in stems[k::len(list_names)]))
+        lists.append(str(path))
+    return str(images), str(annots), lists
+
+
+def write_fred(root: Path, sets: list[str], samples, first_sequence: int) -> None:
+    """FRED as released: one sequence per set, in ``<root>/<set>/<seq>/`` for a split folder such as
+    ``train`` (or ``<root>/train/<seq>/`` plus ``dataset_splits/<group>/<split>_split.txt`` for a split
+    file name such as ``challenging/train``; a flat ``<root>/<seq>/`` without sets): ``RGB/*.jpg`` and
+    ``Event/Frames/*.png`` (the same frames, as many in both streams, named as FRED names them) and
+    ``coordinates.txt`` / ``coordinates_rgb.txt`` with 6-field lines at the times the authors' rule
+    gives frame i."""
+    from hftrain.data.formats.fred import FRED_MODELS, authors_time_key
+
+    for k, name in enumerate(sets or [""]):
         seq = str(first_sequence + k)
-        frames, yolo = root / seq / frames_sub, root / seq / yolo_sub
-        frames.mkdir(parents=True, exist_ok=True)
-        yolo.mkdir(parents=True, exist_ok=True)
+        folder_set = name and "/" not in name.strip("/") and not name.endswith(".txt")
+        seq_dir = root / name.strip("/") / seq if folder_set else root / ("train" if name else "") / seq
+        (seq_dir / "RGB").mkdir(parents=True, exist_ok=True)
+        (seq_dir / "Event" / "Frames").mkdir(parents=True, exist_ok=True)
+        lines = []
         for i, (pixels, boxes) in enumerate(samples):
-            stem = f"Video_{seq}_16_03_{i:02d}.{i * 33333:06d}" if modality == "rgb" else f"Video_{seq}_frame_{i * 33333}"
-            Image.fromarray(pixels).save(frames / f"{stem}{extension}")
-            (yolo / f"{stem}.txt").write_text("".join(
-                f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
-                f"{(y2 - y1) / height:.6f}\n" for _, (x1, y1, x2, y2) in boxes))
-        if sets:
+            micro = 363444 + i * 33333
+            Image.fromarray(pixels).save(seq_dir / "RGB" / f"Video_{seq}_16_03_{3 + micro // 10**6:02d}.{micro % 10**6:06d}.jpg")
+            Image.fromarray(pixels).save(seq_dir / "Event" / "Frames" / f"Video_{seq}_frame_{(i + 1) * 33333}.png")
+            lines += [f"{authors_time_key(i)}: {x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}, {j + 1}, {FRED_MODELS[0]}\n"
+                      for j, (_, (x1, y1, x2, y2)) in enumerate(boxes)]
+        for box_file in ("coordinates.txt", "coordinates_rgb.txt"):
+            (seq_dir / box_file).write_text("".join(lines))
+        if name and not folder_set:
             group, _, split = name.strip("/").partition("/")
             split_file = root / "dataset_splits" / group / f"{split}_split.txt"
             split_file.parent.mkdir(parents=True, exist_ok=True)
             split_file.write_text(f"{seq}/\n")
+
+
+def write_yolo(root: Path, sets: list[str], samples, classes: list[str]) -> Path:
+    """ultralytics' layout: images/<set>/*.jpg, labels/<set>/*.txt (normalised centre boxes) and a
+    data.yaml naming every set written so far."""
+    height, width = SIZE
+    for key in sets:
+        for sub in ("images", "labels"):
+            (root / sub / key).mkdir(parents=True, exist_ok=True)
+        for i, (pixels, boxes) in enumerate(samples):
+            Image.fromarray(pixels).save(root / "images" / key / f"{key}_{i:06d}.jpg", quality=90)
+            (root / "labels" / key / f"{key}_{i:06d}.txt").write_text("".join(
+                f"{label} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
+                f"{(y2 - y1) / height:.6f}\n" for label, (x1, y1, x2, y2) in boxes))
+    written = sorted(p.name for p in (root / "images").iterdir())
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(json.dumps({"path": ".", **{k: f"images/{k}" for k in written}, "names": classes}))
+    return data_yaml
 
 
 def write_split(fmt: str, root: Path, split_name: str, split_cfg, data_cfg, count: int, seed: int, first_sequence: int):
@@ -162,14 +217,21 @@ def write_split(fmt: str, root: Path, split_name: str, split_cfg, data_cfg, coun
     if fmt == "bdd100k":
         images, labels = write_bdd100k(root / "bdd100k", split_name, samples, classes)
         return replace(split_cfg, images=images, labels=labels, subset=None)
+    if fmt == "voc" and split_cfg.labels:  # a folder of XML files beside an image folder
+        images, labels, lists = write_voc_folder(root / "voc" / split_name, split_cfg.sets, samples, classes)
+        return replace(split_cfg, images=images, labels=labels, sets=lists, subset=None)
     if fmt == "voc":
         devkit = root / "VOCdevkit"
         sets = split_cfg.sets or ["2007/trainval" if split_name == "train" else "2007/test"]
         write_voc(devkit, sets, samples, classes)
         return replace(split_cfg, images=str(devkit), labels=None, sets=sets, subset=None)
+    if fmt == "yolo":
+        sets = split_cfg.sets or [split_name]
+        data_yaml = write_yolo(root / "yolo", sets, samples, classes)
+        return replace(split_cfg, images=str(data_yaml), labels=None, sets=sets, subset=None)
     if fmt == "fred":
         fred = root / "FRED"
-        write_fred(fred, split_cfg.sets, samples, data_cfg.modality, first_sequence)
+        write_fred(fred, split_cfg.sets, samples, first_sequence)
         return replace(split_cfg, images=str(fred), labels=None, subset=None)
     raise RecipeError([f"data.format: {fmt!r} has no dry-run writer"])
 
@@ -200,10 +262,18 @@ def dry_run_recipe(recipe: Recipe, work_dir: Path) -> tuple[Recipe, list[str]]:
         notes.append(f"data: the shapes generator, {train_count} train / {VAL_IMAGES} val images")
     else:
         root = work_dir / "data"
+        if data.val.from_train:  # one generated training split; the fraction holds out exactly VAL_IMAGES of it
+            total = train_count + VAL_IMAGES
+            val = replace(data.val, from_train=VAL_IMAGES / total)
+            notes.append(f"data.val.from_train: {data.val.from_train:g} -> {VAL_IMAGES / total:g} "
+                         f"({VAL_IMAGES} of {total} generated training images held out)")
+        else:
+            total = train_count
+            val = write_split(data.format, root, "val", data.val, data, VAL_IMAGES, 1, first_sequence=100)
         data = replace(
             data,
-            train=write_split(data.format, root, "train", data.train, data, train_count, 0, first_sequence=0),
-            val=write_split(data.format, root, "val", data.val, data, VAL_IMAGES, 1, first_sequence=100),
+            train=write_split(data.format, root, "train", data.train, data, total, 0, first_sequence=0),
+            val=val,
             read_image_sizes=data.format == "bdd100k" or data.read_image_sizes,  # not BDD100K's 1280 x 720
             blacklist="auto" if data.blacklist == "auto" else None,
             cache_dir=str(work_dir / "cache"), max_missing=0.0,

@@ -1,5 +1,7 @@
 """``hftrain eval RUN_DIR``: evaluate a finished run's weights on its recipe's validation split,
-with the same data path, model builder and evaluation as training."""
+with the same data path, model builder and evaluation as training. Writes ``eval_WEIGHTS.json``
+(the metrics) and ``predictions_WEIGHTS.json``, a COCO results file (``image_id``,
+``category_id``, ``bbox`` xywh, ``score``) in the dataset's own image and category ids."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
-from hftrain.metrics.coco_eval import CocoEvaluator
+from hftrain.metrics.coco_eval import CocoEvaluator, predictions_to_coco
 from hftrain.data.loader import load_data, make_eval_loader, materialise_synthetic
 from hftrain.models.registry import build_model
 from hftrain.recipe import load_recipe
@@ -53,6 +55,11 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
         log.print(f"VOC AP@0.5: VOC07 11-point mAP {metrics['voc07_map']:.4f}, all-point mAP {metrics['voc_map']:.4f}")
     if accelerator.is_main_process:
         (run_dir / f"eval_{weights}.json").write_text(json.dumps(metrics, indent=1))
+        # a COCO results file, in the dataset's own category ids where it has them (COCO, hf)
+        results = predictions_to_coco(predictions, data.category_ids)
+        (run_dir / f"predictions_{weights}.json").write_text(json.dumps(results))
+        log.print(f"predictions: {run_dir / f'predictions_{weights}.json'} ({len(results)} detections, category ids "
+                  + ("the dataset's own)" if data.category_ids is not None else "= class indices)"))
     return metrics
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 import hftrain.data.formats.bdd100k as bdd
 from hftrain.data.formats.bdd100k import BDD100K_CLASSES, iter_json_list, read_bdd100k
 from hftrain.data.formats.coco import DatasetError
+from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir
 
 FIX = fixtures_dir() / "bdd100k"
@@ -18,9 +19,9 @@ L = {name: i for i, name in enumerate(BDD100K_CLASSES)}
 
 def test_ignored_class_legacy_name_and_null_labels(tmp_path):
     dataset, report = read_bdd100k(tmp_path, FIX / "bdd100k_tests" / "example_ignore_annotation.json", check_files=False)
-    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES
-    assert len(dataset) == 2 and dataset[1]["objects"] == []  # "labels": null is kept as background
-    other, person = dataset[0]["objects"]
+    assert class_names_of(dataset) == BDD100K_CLASSES
+    assert len(dataset) == 2 and objects_of(dataset[1]) == []  # "labels": null is kept as background
+    other, person = objects_of(dataset[0])
     # other person -> pedestrian ignore region; box2d corners inclusive: w = x2 - x1 + 1
     assert other["category"] == L["pedestrian"] and other["iscrowd"] == 1
     assert other["bbox"] == pytest.approx([1068.051474568342, 362.7665840944419,
@@ -39,16 +40,16 @@ def test_det20_and_legacy_frame_agree_by_hand():
     assert (row["weather"], row["scene"], row["timeofday"]) == ("overcast", "city street", "daytime")
     assert report.boxes == 34
     assert report.boxes_per_class == {"car": 19, "traffic light": 7, "traffic sign": 6, "rider": 1, "motorcycle": 1}
-    first = row["objects"][0]
+    first = objects_of(row)[0]
     assert first["category"] == L["traffic sign"]
     assert first["bbox"] == pytest.approx([1000.698742, 281.992415, 40.92813, 45.919145], abs=1e-3)
-    assert all(o["iscrowd"] == 0 for o in row["objects"])
-    assert legacy[0]["objects"] == row["objects"]  # trafficLightColor as a list changes nothing
+    assert all(o["iscrowd"] == 0 for o in objects_of(row))
+    assert objects_of(legacy[0]) == objects_of(row)  # trafficLightColor as a list changes nothing
 
 
 def test_poly2d_only_labels_are_skipped_and_counted():
     dataset, report = read_bdd100k(FIX, FIX / "bdd100k_tests" / "example_annotation.json", check_files=False)
-    assert len(dataset) == 1 and dataset[0]["objects"] == []
+    assert len(dataset) == 1 and objects_of(dataset[0]) == []
     assert report.dropped_boxes == {"'car' label has no box2d (poly2d only)": 4}
 
 
@@ -80,9 +81,9 @@ def test_2018_style_file_by_hand(tmp_path):
     path = tmp_path / "bdd100k_labels_images_val.json"
     path.write_text(json.dumps(_frames_2018()))
     dataset, report = read_bdd100k(tmp_path, path, check_files=False)
-    assert len(dataset) == 3 and dataset[1]["objects"] == [] and dataset[2]["objects"] == []
+    assert len(dataset) == 3 and objects_of(dataset[1]) == [] and objects_of(dataset[2]) == []
     assert dataset[2]["weather"] is None
-    got = [(o["category"], o["bbox"], o["iscrowd"]) for o in dataset[0]["objects"]]
+    got = [(o["category"], o["bbox"], o["iscrowd"]) for o in objects_of(dataset[0])]
     assert got == [
         (L["bicycle"], [10, 20, 20, 40], 0),
         (L["motorcycle"], [0, 0, 10, 10], 0),
@@ -107,9 +108,9 @@ def test_unknown_category_error_and_category_map(tmp_path):
     with pytest.raises(DatasetError, match=rf"{path} frame 0 \('a.jpg'\) label 'x7': unknown category 'tram'"):
         read_bdd100k(tmp_path, path, check_files=False)
     dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "train"}, check_files=False)
-    assert dataset[0]["objects"][0]["category"] == L["train"]
+    assert objects_of(dataset[0])[0]["category"] == L["train"]
     dataset, _ = read_bdd100k(tmp_path, path, category_map={"tram": "tram"}, check_files=False)
-    assert dataset.features["objects"].feature["category"].names == BDD100K_CLASSES + ["tram"]
+    assert class_names_of(dataset) == BDD100K_CLASSES + ["tram"]
 
 
 def test_paths_outside_root_and_missing_images(tmp_path):
@@ -151,3 +152,81 @@ def test_streaming_parser_rejects_bad_json(tmp_path, monkeypatch):
     empty = tmp_path / "empty.json"
     empty.write_text(" [ ] ")
     assert list(iter_json_list(empty)) == []
+
+
+DET20 = FIX / "det20_style_2021-03" / "unitest_val_bdd.json"
+
+
+def _det20_frames():
+    return json.loads(DET20.read_text())
+
+
+def _labels(dataset, row=0):
+    return [(o["category"], o["iscrowd"], [round(v, 3) for v in o["bbox"]]) for o in objects_of(dataset[row])]
+
+
+def test_van_and_caravan_map_to_car_as_det_toml(tmp_path):
+    frames = _det20_frames()
+    cars = [label for label in frames[0]["labels"] if label["category"] == "car"]
+    cars[0]["category"], cars[1]["category"] = "van", "caravan"
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(FIX, path, check_files=False)
+    reference, _ = read_bdd100k(FIX, DET20, check_files=False)
+    assert report.boxes_per_class["car"] == 19 and _labels(dataset) == _labels(reference)
+
+
+def test_ignored_labels_become_ignore_regions(tmp_path):
+    frames = _det20_frames()
+    labels = frames[0]["labels"]
+    labels[0]["attributes"]["ignored"] = True  # scalabel's check_ignored: attributes.ignored
+    labels[1]["ignored"] = True  # the same flag written on the label itself
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(FIX, path, check_files=False)
+    assert [o["iscrowd"] for o in objects_of(dataset[0])] == [1, 1] + [0] * 32
+    assert report.boxes == 34
+
+
+def test_scalabel_dataset_object_form_and_its_config_size(tmp_path):
+    frames = _det20_frames() + json.loads((FIX / "scalabel_tests" / "scalabel_det.json").read_text())
+    frames[1]["name"] = "second.jpg"  # the scalabel sample is the same frame: two names for the test
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps(frames))
+    wrapped = tmp_path / "scalabel.json"
+    wrapped.write_text(json.dumps({"frames": frames, "groups": None, "config": None}))
+    as_list, _ = read_bdd100k(FIX, listed, check_files=False)
+    as_object, report = read_bdd100k(FIX, wrapped, check_files=False)
+    assert len(as_object) == 2 and report.boxes == 38
+    assert [_labels(as_object, i) for i in range(2)] == [_labels(as_list, i) for i in range(2)]
+    # the config's imageSize (scalabel's Config.imageSize) is every frame's size without its own
+    wrapped.write_text(json.dumps({"frames": frames, "config": {"imageSize": {"width": 1920, "height": 1080}}}))
+    sized, _ = read_bdd100k(FIX, wrapped, check_files=False)
+    assert [(row["width"], row["height"]) for row in sized] == [(1920, 1080), (1920, 1080)]
+    wrapped.write_text(json.dumps({"images": frames}))
+    with pytest.raises(DatasetError, match=f"{wrapped}: a JSON object without a 'frames' list"):
+        read_bdd100k(FIX, wrapped, check_files=False)
+
+
+def test_a_frames_own_size_is_used_and_checked_against_its_image(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (640, 360)).save(images / name)
+    box = {"id": 1, "category": "car", "box2d": _box(600, 300, 899, 399)}
+    frames = [{"name": "a.jpg", "size": {"width": 640, "height": 360}, "labels": [box]},
+              {"name": "b.jpg", "size": {"width": 1280, "height": 720}, "labels": [box]}]
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps(frames))
+    dataset, report = read_bdd100k(images, path)
+    assert [(row["width"], row["height"]) for row in dataset] == [(640, 360), (1280, 720)]
+    assert _labels(dataset, 0) == [(L["car"], 0, [600, 300, 40, 60])]  # clipped to the frame's own 640x360
+    assert _labels(dataset, 1) == [(L["car"], 0, [600, 300, 300, 100])]
+    dataset, report = read_bdd100k(images, path, read_image_sizes=True)
+    assert dataset["image_id"] == [1] and report.images == 1
+    assert report.dropped_images == {"frame size differs from its image file's": 1}
+    assert "size 1280x720, image 640x360" in report.examples["frame size differs from its image file's"][0]
+    frames[0]["size"] = {"width": "640"}
+    path.write_text(json.dumps(frames))
+    with pytest.raises(DatasetError, match=r"frame 0 \('a.jpg'\) size: .* is not a size"):
+        read_bdd100k(images, path)

@@ -13,7 +13,7 @@ from PIL import Image
 from hftrain.data.collate import Collate
 from hftrain.data.convert import convert_main, load_converted, load_converted_report
 from hftrain.data.loader import DetectionDataset
-from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema
+from hftrain.data.schema import IMAGE_ROOT_FILE, check_schema, class_names_of, objects_of
 from hftrain.data.sources import load_split
 from hftrain.data.transforms import Resize
 from helpers.fixtures_path import fixtures_dir
@@ -53,7 +53,7 @@ def test_each_format_converts_loads_and_feeds_training(tmp_path, capsys):
         assert f"{images} images, {boxes} boxes" in printed, (fmt, printed)
         plain = datasets.load_from_disk(str(out))
         check_schema(plain, fmt)
-        assert len(plain.features["objects"].feature["category"].names) == classes
+        assert len(class_names_of(plain)) == classes
         sidecar = json.loads((out / IMAGE_ROOT_FILE).read_text())
         assert sidecar["format"] == fmt
         report = json.loads((out / "report.json").read_text())
@@ -81,7 +81,7 @@ def test_embed_images_subset_and_report(tmp_path):
         assert row["image"]["bytes"] == (root / row["image"]["path"]).read_bytes()
     report = load_converted_report(out)
     assert report.dropped_images == {"left out by subset 3 (seed 1)": 2}
-    assert report.boxes == sum(len(r["objects"]) for r in dataset)
+    assert report.boxes == sum(len(objects_of(r)) for r in dataset)
     again = tmp_path / "again"
     assert convert_main([*argv[:-1], str(again)]) == 0
     assert load_converted(again)[0]["voc_id"] == dataset["voc_id"]  # the seed decides the sample
@@ -93,7 +93,7 @@ def test_convert_errors(tmp_path, capsys):
     (out / "x").write_text("")
     assert convert_main(["coco", "--images", str(FIX / "coco"), "--labels", str(FIX / "coco" / "test_coco.json"),
                          "--out", str(out)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "is not empty and holds no earlier conversion" in capsys.readouterr().err
     assert convert_main(["coco", "--images", str(FIX / "coco"), "--out", str(tmp_path / "o2")]) == 1
     assert "a label file is needed" in capsys.readouterr().err
     assert convert_main(["bdd100k", "--images", str(tmp_path), "--labels",
@@ -130,7 +130,7 @@ def test_cache_hit_and_rebuild_when_label_file_changes(tmp_path):
     # other options are part of the key
     fifth = load_split("coco", str(FIX / "coco"), str(labels), cache_dir=cache, category_map={"person": "human"})
     assert "converted and cached" in fifth.notes[0]
-    assert fifth.dataset.features["objects"].feature["category"].names == ["human"]
+    assert class_names_of(fifth.dataset) == ["human"]
 
 
 def test_voc_cache_follows_the_xml_files(tmp_path):
@@ -177,5 +177,5 @@ def test_load_split_fred_and_subset(tmp_path):
                        subset=4, seed=0, cache_dir=tmp_path / "cache")
     assert len(split.dataset) == 4 and split.report.dropped_images["left out by subset 4 (seed 0)"] == 2
     assert set(split.dataset.column_names) >= {"sequence", "frame", "timestamp"}
-    with pytest.raises(ValueError, match="unknown format 'yolo'"):
-        load_split("yolo", str(root))
+    with pytest.raises(ValueError, match="unknown format 'kitti'"):
+        load_split("kitti", str(root))

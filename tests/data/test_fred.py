@@ -10,6 +10,7 @@ from PIL import Image
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.fred import FRED_MODELS, parse_coordinates, read_fred, read_split_sequences, resolve_split_file
 from hftrain.data.formats.report import ConversionReport
+from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir
 
 FRED = fixtures_dir() / "fred"
@@ -54,13 +55,13 @@ def _line_counts(path):
 def test_real_sequences_by_hand(tmp_path):
     # every sequence folder under the fixtures, no split: 0, 60, 132, 230 in numeric order
     dataset, report = read_fred(SEQUENCES, modality="event", check_files=False)
-    assert dataset.features["objects"].feature["category"].names == ["drone"]
+    assert class_names_of(dataset) == ["drone"]
     assert list(dict.fromkeys(dataset["sequence"])) == ["0", "60", "132", "230"]
     assert len(dataset) == 1789 + 2894 + 2625 + 3662
     first = dataset[0]
     assert first["image"]["path"] == "0/Event/Frames/Video_0_frame_13533198.png"
     assert first["timestamp"] == pytest.approx(13.533198)
-    assert first["objects"][0]["bbox"] == [1253.0, 413.0, 27.0, 42.0]  # x2 = 1280 = width: not clipped
+    assert objects_of(first)[0]["bbox"] == [1253.0, 413.0, 27.0, 42.0]  # x2 = 1280 = width: not clipped
     assert (first["width"], first["height"]) == (1280, 720)
     clipped, tiny = _line_counts(SEQUENCES / "0" / "coordinates.txt")
     assert (clipped, tiny) == (10, 1)
@@ -68,11 +69,11 @@ def test_real_sequences_by_hand(tmp_path):
     assert report.dropped_boxes == {"smaller than 1 px after clipping": tiny}
     assert report.examples["smaller than 1 px after clipping"] == [f"{SEQUENCES / '0' / 'coordinates.txt'}:860"]
     assert report.boxes == 1790 + 3655 + 2637 + 3673 - tiny
-    objects = dataset["objects"]
+    objects = [objects_of({"objects": o}) for o in dataset["objects"]]
     seq60 = [objs for seq, objs in zip(dataset["sequence"], objects) if seq == "60"]
     assert sum(len(objs) == 2 for objs in seq60) == 761
     row = dataset[1789 + 0]  # seq 60's first timestamp 0.299997 holds one box, track 2
-    assert row["frame"] == "Video_60_frame_299997" and row["objects"][0]["bbox"] == [511, 245, 35, 28]
+    assert row["frame"] == "Video_60_frame_299997" and objects_of(row)[0]["bbox"] == [511, 245, 35, 28]
     ids = [o["id"] for objs in objects for o in objs]
     assert len(ids) == len(set(ids))  # unique object ids (track ids are not ids)
 
@@ -132,8 +133,8 @@ def test_rgb_frames_use_their_own_label_files(tmp_path):
     dataset, report = read_fred(root, sets=["canonical/test"], modality="rgb", max_missing=0.5)
     rows = dataset
     assert rows["frame"] == ["Video_3_16_03_03.363444", "Video_3_16_03_03.396777"]
-    assert rows[0]["objects"][0]["bbox"] == [24.0, 9.0, 16.0, 18.0]  # (0.5 - 0.125) * 64, (0.5 - 0.25) * 36
-    assert rows[1]["objects"] == []
+    assert objects_of(rows[0])[0]["bbox"] == [24.0, 9.0, 16.0, 18.0]  # (0.5 - 0.125) * 64, (0.5 - 0.25) * 36
+    assert objects_of(rows[1]) == []
     assert rows[0]["timestamp"] is None  # wall-clock names carry no recording time
     assert report.dropped_images["frame has no label file"] == 1
     assert report.examples["frame has no label file"] == [str(root / "3" / "RGB" / "Video_3_16_03_03.430110.jpg")]
@@ -143,11 +144,24 @@ def test_rgb_frames_use_their_own_label_files(tmp_path):
         read_fred(root, sets=["canonical/test"], modality="rgb")
 
 
-def test_rgb_without_yolo_folder_is_an_error(tmp_path):
+def test_rgb_without_yolo_folder_is_read_by_position(tmp_path):
+    # this used to be refused ("needs RGB_YOLO/"), which no FRED release has: the RGB stream is now
+    # labelled by the authors' rule, frame i <- the lines at time (i + 1) * 0.033333
     root = _fred(tmp_path)
     _image(root / "4" / "RGB" / "Video_4_16_03_03.363444.jpg")
-    with pytest.raises(DatasetError, match="no frame name carries a timestamp.*RGB_YOLO"):
+    with pytest.raises(DatasetError, match=r"FRED sequence 4 \(.*\): 1 RGB frames \(RGB/\*\.jpg\) but 3 event"):
         read_fred(root, sets=["canonical/train"], modality="rgb", max_missing=0.5)
+    for stem in ("Video_4_16_03_03.396777", "Video_4_16_03_03.430110"):
+        _image(root / "4" / "RGB" / f"{stem}.jpg")
+    (root / "4" / "coordinates.txt").write_text(
+        "0.033333: 10.0, 5.0, 20.0, 15.0, 1, DJI Mini 2\n0.099999: 1, 2, 9, 12, 1, DJI Mini 2\n0.5: 1, 1, 5, 5, 1, x\n")
+    dataset, report = read_fred(root, sets=["canonical/train"], modality="rgb", max_missing=0.5)
+    seq4 = dataset.filter(lambda r: r["sequence"] == "4")
+    assert seq4["frame"] == ["Video_4_16_03_03.363444", "Video_4_16_03_03.430110"]
+    assert seq4["timestamp"] == [0.033333, 0.099999]
+    assert [objects_of(row)[0]["bbox"] for row in seq4] == [[10, 5, 10, 10], [1, 2, 8, 10]]
+    assert report.dropped_images["frame has no line at its time in coordinates.txt"] == 1
+    assert report.dropped_boxes["time matches no frame"] == 1
 
 
 def test_event_frames_matched_by_name_not_position(tmp_path):
@@ -156,12 +170,12 @@ def test_event_frames_matched_by_name_not_position(tmp_path):
     seq3 = dataset.filter(lambda r: r["sequence"] == "3")
     assert len(seq3) == 4
     # frame i carries x centre 0.2 + 0.1 i: x = (cx - 0.0625) * 64
-    assert [r["objects"][0]["bbox"][0] for r in seq3] == pytest.approx([8.8, 15.2, 21.6, 28.0], abs=1e-4)
+    assert [objects_of(r)[0]["bbox"][0] for r in seq3] == pytest.approx([8.8, 15.2, 21.6, 28.0], abs=1e-4)
     assert seq3["timestamp"] == pytest.approx([0.1, 0.133333, 0.166666, 0.199999])
     seq4 = dataset.filter(lambda r: r["sequence"] == "4")
     assert seq4["frame"] == ["Video_4_frame_500000", "Video_4_frame_533333"]
-    assert [o["bbox"] for o in seq4[0]["objects"]] == [[10, 5, 10, 10], [30, 5, 10, 10]]  # two drones
-    assert seq4[1]["objects"][0]["bbox"] == [10, 5, 54, 10]  # clipped at the 64-px width
+    assert [o["bbox"] for o in objects_of(seq4[0])] == [[10, 5, 10, 10], [30, 5, 10, 10]]  # two drones
+    assert objects_of(seq4[1])[0]["bbox"] == [10, 5, 54, 10]  # clipped at the 64-px width
     assert report.dropped_images == {"missing image file": 1, "frame has no annotation at its timestamp": 1}
     assert report.examples["frame has no annotation at its timestamp"] == [
         str(root / "4" / "Event" / "Frames" / "Video_4_frame_566666.png")]
@@ -175,16 +189,16 @@ def test_drone_model_classes(tmp_path):
         read_fred(root, sets=["canonical/train"], modality="event", drone_classes="models", max_missing=0.5)
     shutil.rmtree(root / "3")
     dataset, report = read_fred(root, sets=None, modality="event", drone_classes="models", max_missing=0.5)
-    assert dataset.features["objects"].feature["category"].names == FRED_MODELS
-    assert [o["category"] for o in dataset[0]["objects"]] == [0, 3]
-    assert dataset[1]["objects"][0]["category"] == 0  # "dji  mini 2": case and spacing normalised
+    assert class_names_of(dataset) == FRED_MODELS
+    assert [o["category"] for o in objects_of(dataset[0])] == [0, 3]
+    assert objects_of(dataset[1])[0]["category"] == 0  # "dji  mini 2": case and spacing normalised
     assert report.boxes_per_class == {"DJI Mini 2": 2, "DarwinFPV cineape20": 1}
     (root / "4" / "coordinates.txt").write_text("0.5: 1, 1, 5, 5, 1, Parrot Anafi\n")
     with pytest.raises(DatasetError, match=r"coordinates.txt:1: unknown drone model 'Parrot Anafi'"):
         read_fred(root, modality="event", drone_classes="models", max_missing=0.5)
     dataset, _ = read_fred(root, modality="event", drone_classes="models", max_missing=0.5,
                            category_map={"Parrot Anafi": "DJI Mini 3"})
-    assert dataset[0]["objects"][0]["category"] == 1
+    assert objects_of(dataset[0])[0]["category"] == 1
     (root / "4" / "coordinates.txt").write_text("0.5: 1, 1, 5, 5\n")
     with pytest.raises(DatasetError, match="no drone model name"):
         read_fred(root, modality="event", drone_classes="models", max_missing=0.5)

@@ -113,20 +113,23 @@ def test_a_broken_image_never_enters_the_cache_and_counts_as_failed_every_epoch(
     assert torch.equal(stand_in["pixel_values"], data.train.cache.get(broken + 1))
 
 
-def test_an_image_larger_than_its_slot_is_reported_once_and_decoded_every_time(tmp_path, capfd):
+def test_an_image_not_of_its_annotated_size_never_enters_the_cache_and_an_oversize_put_is_refused(tmp_path, capfd):
     root = shapes(tmp_path, train=4)
     labels = json.loads((root / "train.json").read_text())
-    labels["images"][0].update(height=64, width=8)  # a 64 x 64 file: its slot is sized 96 x 12, too small
-    labels["images"][1].update(height=32, width=64)  # its slot is sized 48 x 96: the image fits
+    labels["images"][0].update(height=64, width=8)  # a 64 x 64 file: its slot is sized 96 x 12
     (root / "train.json").write_text(json.dumps(labels))
     cfg = data_config(root, min_size=48, max_size=96, num_workers=0)
     data = load_data(cfg)
-    reference = uncached(data.train)
-    for _ in range(2):
-        for index in range(4):
-            assert torch.equal(data.train.load(index)["pixel_values"], reference.load(index)["pixel_values"])
-            assert torch.equal(data.train.load(index)["boxes"], reference.load(index)["boxes"])
-    assert data.train.cache.states().tolist() == [TOO_LARGE, FILLED, FILLED, FILLED]
+    for _ in range(2):  # the loader skips it (counted) every time, as the scan's size mismatch
+        sample = data.train.load(0)
+        assert sample["failed"] == 1 and sample["image_id"] == data.train.rows[1]["image_id"]
+        assert torch.equal(sample["pixel_values"], data.train.cache.get(1))
+    assert data.train.cache.states().tolist() == [EMPTY, FILLED, EMPTY, EMPTY]
+    assert capfd.readouterr().out.count("size mismatch: annotated 8x64, image 64x64") == 2
+    # the cache's own guard stays: pixels larger than their slot are refused, reported once
+    oversize = torch.zeros((3, 96, 96), dtype=torch.uint8)
+    assert data.train.cache.put(0, oversize) is False and data.train.cache.put(0, oversize) is False
+    assert data.train.cache.states().tolist() == [TOO_LARGE, FILLED, EMPTY, EMPTY]
     assert capfd.readouterr().out.count("is larger than its slot") == 1
 
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from hftrain.data.formats.coco import DatasetError
-from hftrain.data.formats.voc import VOC_CLASSES, parse_voc_set, read_voc
+from hftrain.data.formats.voc import RENAMED, VOC_CLASSES, parse_voc_set, read_voc
+from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir
 
 DEVKIT = fixtures_dir() / "voc" / "VOCdevkit"
@@ -14,12 +15,12 @@ L = {name: i for i, name in enumerate(VOC_CLASSES)}
 
 
 def _objects(row):
-    return [(o["category"], o["bbox"], o["difficult"], o["iscrowd"]) for o in row["objects"]]
+    return [(o["category"], o["bbox"], o["difficult"], o["iscrowd"]) for o in objects_of(row)]
 
 
 def test_voc07_plus_12_trainval_boxes_by_hand():
     dataset, report = read_voc(DEVKIT, ["2007/trainval", "VOC2012/trainval"])
-    assert dataset.features["objects"].feature["category"].names == VOC_CLASSES
+    assert class_names_of(dataset) == VOC_CLASSES
     rows = {r["voc_id"]: r for r in dataset}
     assert len(rows) == 10 and report.images == 10 and report.boxes == 28
     # 1-based inclusive corners -> 0-based xywh: dog 48,240,195,371; person 8,12,352,498
@@ -29,7 +30,7 @@ def test_voc07_plus_12_trainval_boxes_by_hand():
     ]
     assert (rows["VOC2007/000001"]["width"], rows["VOC2007/000001"]["height"]) == (353, 500)
     # the car touching the right border (xmax = 500 = width) ends exactly at the border, unclipped
-    car = [o for o in rows["VOC2007/000004"]["objects"] if o["bbox"][0] == 361][0]
+    car = [o for o in objects_of(rows["VOC2007/000004"]) if o["bbox"][0] == 361][0]
     assert car["bbox"] == [361, 329, 139, 60]
     assert car["bbox"][0] + car["bbox"][2] == 500
     # 000005: five chairs, two of them difficult (kept, marked)
@@ -84,9 +85,9 @@ def test_unknown_class_names_file_and_class(tmp_path):
     with pytest.raises(DatasetError, match=r"a\.xml object 0: unknown category 'unicorn'"):
         read_voc(devkit, ["2007/train"])
     dataset, report = read_voc(devkit, ["2007/train"], category_map={"unicorn": "horse"})
-    assert dataset[0]["objects"][0]["category"] == L["horse"]
+    assert objects_of(dataset[0])[0]["category"] == L["horse"]
     dataset, report = read_voc(devkit, ["2007/train"], category_map={"unicorn": None})
-    assert dataset[0]["objects"] == [] and report.dropped_boxes == {"category 'unicorn' mapped to nothing": 1}
+    assert objects_of(dataset[0]) == [] and report.dropped_boxes == {"category 'unicorn' mapped to nothing": 1}
 
 
 def test_clipping_degenerate_and_missing_size(tmp_path):
@@ -94,7 +95,7 @@ def test_clipping_degenerate_and_missing_size(tmp_path):
     # image c has no <size>: read from the 40x20 JPEG
     devkit = _devkit(tmp_path, [("a", "cat", 30, 60, (40, 20)), ("b", "cat", 7, 7, (40, 20)), ("c", "cat", 1, 4, None)])
     dataset, report = read_voc(devkit, ["2007/train"])
-    boxes = [r["objects"][0]["bbox"] for r in dataset]
+    boxes = [objects_of(r)[0]["bbox"] for r in dataset]
     assert boxes == [[29, 1, 11, 9], [6, 1, 1, 9], [0, 1, 4, 9]]
     assert (dataset[2]["width"], dataset[2]["height"]) == (40, 20)
     assert report.changed_boxes["clipped to image"] == 1
@@ -106,3 +107,24 @@ def test_missing_image_fails_past_max_missing(tmp_path):
         read_voc(devkit, ["2007/train"])
     dataset, report = read_voc(devkit, ["2007/train"], max_missing=1.0)
     assert len(dataset) == 0 and report.dropped_images == {"missing image file": 1}
+
+
+def test_devkit_image_is_jpegimages_id_not_filename(tmp_path):
+    # a.xml names b.jpg in <filename>: the devkit's image of a.xml is JPEGImages/a.jpg all the same
+    devkit = _devkit(tmp_path, [("a", "cat", 1, 5, (40, 20)), ("b", "dog", 10, 30, (40, 20))])
+    xml = devkit / "VOC2007" / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<filename>a.jpg</filename>", "<filename>b.jpg</filename>"))
+    dataset, report = read_voc(devkit, ["2007/train"])
+    rows = {r["voc_id"]: r for r in dataset}
+    assert rows["VOC2007/a"]["image"]["path"] == "VOC2007/JPEGImages/a.jpg"
+    assert rows["VOC2007/b"]["image"]["path"] == "VOC2007/JPEGImages/b.jpg"
+    assert [o["category"] for o in objects_of(rows["VOC2007/a"])] == [L["cat"]]
+    assert report.kept_images == {RENAMED: 1} and RENAMED in "\n".join(report.lines())
+
+
+def test_non_numeric_difficult_names_the_file(tmp_path):
+    devkit = _devkit(tmp_path, [("a", "cat", 1, 5, (40, 20))])
+    xml = devkit / "VOC2007" / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<difficult>0</difficult>", "<difficult>yes</difficult>"))
+    with pytest.raises(DatasetError, match=r"a\.xml object 0: <difficult> 'yes' is not a number"):
+        read_voc(devkit, ["2007/train"])

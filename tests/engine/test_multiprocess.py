@@ -8,6 +8,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from conftest import REPO, tiny_recipe, write_recipe
 
@@ -63,3 +67,37 @@ def test_two_processes_double_the_effective_batch_and_one_writes(tmp_path, shape
     assert "random_states_0.pkl" in files and "random_states_1.pkl" in files
     assert (run2 / "model" / "model.safetensors").is_file() and (run2 / "best").is_dir()
     assert not list(run2.glob("*.partial")) and not list((run2 / "checkpoints").glob("*.partial"))
+
+
+def test_rt_detr_on_two_processes_with_background_images(tmp_path):
+    """Half the images have no box, batch 1: on a step where one process's micro-batch has no box,
+    transformers skips denoising there, and DDP's buckets must still match (issue 15, item 2)."""
+    from hftrain.data.shapes import generate_shapes_coco
+
+    data = tmp_path / "shapes"
+    generate_shapes_coco(data, "train", 4, image_size=64, seed=0)
+    generate_shapes_coco(data, "val", 2, image_size=64, seed=1)
+    coco = json.loads((data / "train.json").read_text())
+    background = {image["id"] for image in coco["images"][1::2]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] not in background]
+    (data / "train.json").write_text(json.dumps(coco))
+    run_dir = tmp_path / "run"
+    recipe = tiny_recipe(data, run_dir, train={"epochs": 1, "batch_size": 1, "max_steps": 2},
+                         eval={"during_training": False})
+    proc = launch(write_recipe(tmp_path / "r.yaml", recipe), 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r["step"] for r in read(run_dir) if r["type"] == "step"] == [1, 2]
+
+
+@pytest.mark.parametrize("family", ["rt_detr", "rt_detr_v2", "d_fine"])
+def test_a_batch_without_boxes_still_reaches_the_denoising_embedding(family):
+    from hftrain.models.registry import build_model
+    from hftrain.models.tiny import tiny_config
+
+    section = SimpleNamespace(name=family, pretrained=None, config=tiny_config(family), norm="default",
+                              norm_scope=["backbone", "fpn", "head"])
+    model = build_model(section, ["a", "b"]).model.train()
+    labels = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    model(pixel_values=torch.rand(1, 3, 64, 64), labels=labels).loss.backward()
+    grad = model.model.denoising_class_embed.weight.grad
+    assert grad is not None and not grad.any()  # takes part in the graph, with a zero gradient

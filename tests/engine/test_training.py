@@ -82,13 +82,24 @@ def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir)
     assert found[0]["label"] in {"rectangle", "ellipse", "triangle"}
 
 
-def test_eval_command_reproduces_the_best_epochs_numbers(trained):
+def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
     _, run_dir = trained
     AcceleratorState._reset_state(reset_partial_state=True)
     metrics = evaluate_run(run_dir)
     best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
     assert metrics["map"] == pytest.approx(best_info["metrics"]["map"], abs=1e-9)
     assert metrics["map_50"] == pytest.approx(best_info["metrics"]["map_50"], abs=1e-9)
+    # predictions_best.json is a COCO results file in the dataset's own ids (categories 1..3, not
+    # the labels 0..2): pycocotools scores it against the original val.json to the same mAP
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = json.loads((run_dir / "predictions_best.json").read_text())
+    gt = COCO(str(shapes_dir / "val.json"))
+    assert results and {r["category_id"] for r in results} <= set(gt.getCatIds())
+    check = COCOeval(gt, gt.loadRes(results), "bbox")
+    check.evaluate(), check.accumulate(), check.summarize()
+    assert check.stats[0] == pytest.approx(metrics["map"], abs=1e-6)
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path, shapes_dir):
@@ -145,6 +156,37 @@ def test_images_that_fail_to_decode_are_skipped_then_fail_loudly(tmp_path, shape
     recipe["output_dir"] = str(tmp_path / "run_fail")
     with pytest.raises(TooManyBadImages, match="max_bad_fraction=0.1"):
         train(load_recipe(write_recipe(tmp_path / "fail.yaml", recipe)))
+
+
+def test_the_bad_image_limit_is_per_epoch_and_a_resume_keeps_the_epochs_count(tmp_path, capsys):
+    """One truncated image in 8, limit 30% of 8 = 2.4 per epoch: every epoch replaces it once (the
+    count was once cumulative and the run stopped in epoch 3 of 4); checkpoints inside an epoch
+    hold the epoch's count and a resume from one continues it."""
+    from hftrain.data.shapes import generate_shapes_coco
+
+    data = tmp_path / "shapes"
+    generate_shapes_coco(data, "train", 8, image_size=64, seed=0)
+    generate_shapes_coco(data, "val", 2, image_size=64, seed=1)
+    image = sorted((data / "train").glob("*.jpg"))[3]
+    image.write_bytes(image.read_bytes()[:200])
+    recipe = tiny_recipe(data, tmp_path / "run", train={"epochs": 4}, eval={"during_training": False},
+                         checkpoint={"every_steps": 1, "keep": 20})
+    recipe["data"]["max_bad_fraction"] = 0.3
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    train(load_recipe(path))
+    run_dir = tmp_path / "run"
+    assert [(r["epoch"], r["bad_images_epoch"]) for r in records(run_dir, "epoch")] == [(e, 1) for e in (1, 2, 3, 4)]
+    assert capsys.readouterr().out.count("| 1 image(s) replaced") == 4  # each epoch's summary line
+    # inside an epoch, after its broken image: the checkpoint holds the count, and a resume goes on from it
+    states = {p: json.loads((p / "trainer_state.json").read_text()) for p in (run_dir / "checkpoints").iterdir()}
+    mid = [p for p, s in states.items() if not s["epoch_complete"] and s["bad_images"] == [1]]
+    assert mid, "the broken image should fall in the first batch of some epoch"
+    source = max(mid, key=lambda p: states[p]["step"])
+    for later in [p for p, s in states.items() if s["step"] > states[source]["step"]]:
+        shutil.rmtree(later)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(load_recipe(path), resume=True)
+    assert [(r["epoch"], r["bad_images_epoch"]) for r in records(run_dir, "epoch")] == [(e, 1) for e in (1, 2, 3, 4)]
 
 
 def test_train_py_runs_as_a_script_with_overrides(tmp_path, shapes_dir):

@@ -99,3 +99,81 @@ def test_rollback_reloads_the_last_good_checkpoint_with_a_lower_lr(shapes_dir, t
     assert report["rollbacks"] == 1 and [e["outcome"] for e in report["events"]] == ["skip", "rollback"]
     assert report["events"][1]["terms"][0] == "loss_giou"
     assert final_weights_finite(run_dir)
+
+
+def test_fp16_overflow_and_a_guard_skip_each_decide_the_schedule_from_their_own_step(
+        shapes_dir, tmp_path, monkeypatch):
+    """fp16 as the loop sees it: the grad scaler skips a step with inf gradients (Accelerate's
+    ``optimizer_step_was_skipped``), the guard counts only non-finite losses. Step 2 overflows (no
+    scheduler step), step 3 has a NaN loss (the guard skips it: its schedule slot is used up). The
+    scaler's flag is not refreshed by a step the guard skipped, so it must not decide step 3."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from hftrain.health.guard import NonFiniteGuard
+
+    nan_in_loss_term(monkeypatch, "loss_bbox", lambda n: n == 3)
+    with_nan_loss, backwards = train_mod.build_model, {"n": 0}
+
+    def build(*args, **kwargs):  # the second backward's gradients overflow (inf)
+        detector = with_nan_loss(*args, **kwargs)
+
+        def overflow(grad):
+            backwards["n"] += 1
+            return grad * float("inf") if backwards["n"] == 2 else grad
+
+        next(detector.model.parameters()).register_hook(overflow)
+        return detector
+
+    real_step = AcceleratedOptimizer.step
+
+    def scaler_step(self, closure=None):  # GradScaler.step: skip the update when a gradient is not finite
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self._is_overflow = not all(torch.isfinite(g).all() for g in grads)
+        if not self._is_overflow:
+            real_step(self, closure)
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    monkeypatch.setattr(AcceleratedOptimizer, "step", scaler_step)
+    monkeypatch.setattr(train_mod, "NonFiniteGuard", lambda *a, **k: NonFiniteGuard(*a, **{**k, "count_gradients": False}))
+    run_dir = tmp_path / "run"
+    recipe = tiny_recipe(shapes_dir, run_dir, train={"epochs": 1},
+                         schedule={"name": "constant", "warmup_steps": 10, "warmup_start_lr": 0.0})
+    train(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
+    steps = records(run_dir, "step")
+    # the schedule's position before each step: 0, 1, 1 (after the overflow), 2 (the guard's skip used its slot), 3, 4
+    assert [s["lr"] / 1e-3 * 10 for s in steps] == pytest.approx([0, 1, 1, 2, 3, 4])
+    assert steps[1]["overflow"] is True and steps[1]["grad_norm"] is None  # not an infinite gradient norm
+    assert all("overflow" not in s and s["grad_norm"] > 0 for s in steps[:1] + steps[3:])
+    assert [e["outcome"] for e in records(run_dir, "nonfinite")] == ["skip"] and records(run_dir, "nonfinite")[0]["epoch"] == 1
+    train_records = records(run_dir, "train")
+    assert sum(r["overflow_steps"] for r in train_records) == 1
+    assert train_records[1]["clipped_fraction"] == 0.0  # the overflow step is not "clipped"
+    assert records(run_dir, "epoch")[0]["overflow_steps_epoch"] == 1
+
+
+def test_rollback_lowers_the_phase_lr_and_the_next_phases_and_a_resume_keep_it(shapes_dir, tmp_path, monkeypatch):
+    # 3 steps per epoch (batch 8); epoch 2's forwards 5 and 6 are NaN: rollback at step 6 to the end of epoch 1
+    nan_in_loss_term(monkeypatch, "loss_giou", lambda n: n in (5, 6))
+    run_dir = tmp_path / "run"
+    recipe = tiny_recipe(shapes_dir, run_dir, train={"batch_size": 8}, schedule={"name": "constant"},
+                         guard={"nonfinite": "rollback", "consecutive": 2, "lr_factor": 0.5, "max_rollbacks": 2},
+                         eval={"during_training": False}, checkpoint={"interval": 1, "keep": 10})
+    recipe["phases"] = [{"epochs": 1}, {"epochs": 1, "lr": 5e-4}, {"epochs": 1, "lr": 2e-4}]
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    train(load_recipe(path))
+    steps = records(run_dir, "step")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6, 4, 5, 6, 7, 8, 9]
+    assert [s["lr"] for s in steps] == pytest.approx([1e-3] * 3 + [5e-4] * 3 + [2.5e-4] * 3 + [1e-4] * 3)
+    state = json.loads((run_dir / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert (state["lr_scale"], state["rollbacks"]) == (0.5, 1)
+    # a resume in the last phase keeps the lowered rate
+    import shutil
+
+    from accelerate.state import AcceleratorState
+
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000009")
+    shutil.rmtree(run_dir / "model")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(load_recipe(path), resume=True)
+    assert [s["lr"] for s in records(run_dir, "step")[-3:]] == pytest.approx([1e-4] * 3)
+    assert json.loads((run_dir / "nonfinite_report.json").read_text())["rollbacks"] == 1

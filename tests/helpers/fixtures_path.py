@@ -23,3 +23,11 @@ def fixtures_dir() -> Path:
     raise FileNotFoundError(
         "shared fixtures not found; tried " + ", ".join(str(p) for p in tried) + " (set HFTRAIN_FIXTURES)"
     )
+
+
+def shared_dataset(name: str) -> Path:
+    """A real dataset beside the fixtures (``shared/datasets/<name>``, e.g. ``kangaroo``); FileNotFoundError if absent."""
+    folder = fixtures_dir().parent / "datasets" / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"shared dataset {name!r} not found at {folder}")
+    return folder

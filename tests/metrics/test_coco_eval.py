@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from helpers.fixtures_path import fixtures_dir
 from hftrain.metrics.coco_eval import STAT_NAMES, CocoEvaluator
 from hftrain.data.formats.coco import read_coco
+from hftrain.data.schema import class_names_of
 
 
 def noisy_predictions(gt: dict, seed: int) -> list[dict]:
@@ -92,7 +93,7 @@ def test_non_contiguous_categories_and_crowd_regions(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     dataset, _ = read_coco(tmp_path, tmp_path / "gt.json")
-    names = dataset.features["objects"].feature["category"].names
+    names = class_names_of(dataset)
     assert names == ["car", "truck"]  # ordered by category id
     results = [
         {"image_id": 1, "category_id": 3, "bbox": [12, 11, 48, 40], "score": 0.9},
@@ -172,3 +173,29 @@ def test_repeated_evaluations_and_unknown_images():
     with pytest.raises(ValueError, match="not in the evaluated ground truth, e.g. 987654321"):
         evaluator.evaluate(first + [stray])
     assert gc.isenabled()  # the garbage collector, paused during an evaluation, is back on after a failed one
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_voc_difficult_boxes_are_ignore_regions(backend):
+    # mmdetection's VOC-to-COCO convention: a difficult box is a crowd (ignore) region. A detector that
+    # finds every non-difficult box of the VOC fixtures exactly scores 1, whether or not it also
+    # finds the difficult ones (before: AP50 0.944, the difficult boxes counted as missed).
+    from hftrain.data.formats.voc import VOC_CLASSES, read_voc
+    from hftrain.data.schema import objects_of
+
+    dataset, _ = read_voc(fixtures_dir() / "voc" / "VOCdevkit", ["2007/trainval", "2012/trainval"])
+    rows = list(dataset)
+    assert sum(o["difficult"] for row in rows for o in objects_of(row)) >= 2
+
+    def perfect(with_difficult: bool) -> list[dict]:
+        out = []
+        for row in rows:
+            kept = [o for o in objects_of(row) if with_difficult or not o["difficult"]]
+            out.append({"image_id": row["image_id"], "scores": [1.0] * len(kept), "labels": [o["category"] for o in kept],
+                        "boxes": [[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in kept)]})
+        return out
+
+    evaluator = CocoEvaluator(dataset, VOC_CLASSES, backend=backend)
+    for with_difficult in (False, True):
+        metrics = evaluator.evaluate(perfect(with_difficult))
+        assert metrics["map_50"] == pytest.approx(1.0) and metrics["map"] == pytest.approx(1.0), with_difficult

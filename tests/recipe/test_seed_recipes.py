@@ -113,4 +113,4 @@ def test_dry_run_from_the_command_line(capsys):
     out = capsys.readouterr().out
     assert "a tiny random rt_detr" in out and "fred layout" in out and ": OK" in out
     assert "entering phase 2 'unfrozen'" in out  # both phases ran
-    assert "(event, canonical/train)" in out  # the event stream, through the recipe's split
+    assert "(event, train)" in out  # the event stream, through the recipe's split folder (train/)

@@ -7,11 +7,14 @@ Files: the current ``det_20`` files (``det_train.json``, ``det_val.json``) and t
 (bdd100k ``bdd100k/label/to_coco.py`` and scalabel ``label/to_coco.py``):
 
 - classes, in the official order: pedestrian, rider, car, truck, bus, train, motorcycle,
-  bicycle, traffic light, traffic sign; the 2018 names map (person -> pedestrian,
-  bike -> bicycle, motor -> motorcycle);
-- the distracting classes become ignore regions (``iscrowd = 1``) of a kept class, as in the
-  official evaluation: other person -> pedestrian, other vehicle -> car, trailer -> truck;
-  a label whose ``crowd`` attribute is true is an ignore region too;
+  bicycle, traffic light, traffic sign; the other names map as the official ``det.toml``'s
+  ``name_mapping`` (person -> pedestrian, bike -> bicycle, motor -> motorcycle, van -> car,
+  caravan -> car);
+- the distracting classes become ignore regions (``iscrowd = 1``) of a kept class, as the
+  ``ignore_mapping`` of ``det.toml``: other person -> pedestrian, other vehicle -> car,
+  trailer -> truck; a label whose ``crowd`` or ``ignored`` attribute is true is an ignore
+  region too (scalabel's ``to_coco``: ``iscrowd = crowd or ignored``; a top-level
+  ``"ignored": true`` on the label is read the same way);
 - box2d corners are inclusive pixel indices: ``bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]``
   (then clipped to the image like every box, the clipping counted);
 - labels without ``box2d`` (the 2018 ``drivable area`` and ``lane`` poly2d entries, or
@@ -19,11 +22,17 @@ Files: the current ``det_20`` files (``det_train.json``, ``det_val.json``) and t
 - frames with no labels (``labels`` absent, null or empty) are kept as background images;
 - the frame attributes weather, scene and timeofday become string columns.
 
-Image size: BDD100K images are all 1280x720 and the JSON does not record a size, so that is
-the default; ``read_image_sizes=True`` reads each image's header instead.
+The file is a JSON list of frames (the BDD100K releases) or Scalabel's dataset object
+``{"frames": [...], "config": {...}, "groups": ...}`` (what scalabel's ``label.io.save`` writes).
 
-The file is parsed one frame at a time (the JSON text is scanned, never turned into one big
-list of dicts), so a 70,000-frame, 1.3-million-box file converts with a few hundred MB.
+Image size: a frame's own ``size`` (``{"width", "height"}``, Scalabel's ``Frame.size``), else
+the object form's ``config.imageSize``, else 1280x720 (every BDD100K image; the release files
+record no size). ``read_image_sizes=True`` reads each image's header instead; a frame whose own
+``size`` differs from its image's is dropped and counted (its boxes would not fit the pixels).
+
+The list form is parsed one frame at a time (the JSON text is scanned, never turned into one
+big list of dicts), so a 70,000-frame, 1.3-million-box file converts with a few hundred MB; the
+object form is read whole (its config may follow the frames).
 """
 
 from __future__ import annotations
@@ -46,9 +55,11 @@ BDD100K_CLASSES = [
     "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
     "traffic light", "traffic sign",
 ]
-LEGACY_NAMES = {"person": "pedestrian", "bike": "bicycle", "motor": "motorcycle"}
+NAME_MAPPING = {"bike": "bicycle", "caravan": "car", "motor": "motorcycle", "person": "pedestrian", "van": "car"}
+"""The official ``bdd100k/configs/det.toml`` ``[name_mapping]``."""
 IGNORED_AS = {"other person": "pedestrian", "other vehicle": "car", "trailer": "truck"}
-"""Distracting classes: kept as ignore regions (iscrowd=1) of this class, as the official to_coco."""
+"""Distracting classes: kept as ignore regions (iscrowd=1) of this class, as ``det.toml``'s ``[ignore_mapping]``."""
+SIZE_DIFFERS = "frame size differs from its image file's"
 BDD100K_IMAGE_SIZE = (1280, 720)
 FRAME_ATTRIBUTES = ("weather", "scene", "timeofday")
 
@@ -110,6 +121,43 @@ def iter_json_list(path: Path) -> Iterator[object]:
             pos = end
 
 
+def label_file_frames(path: Path) -> tuple[Iterator[object], dict]:
+    """(the frames, the Scalabel config or {}) of a label file in either form: a JSON list of
+    frames (streamed by :func:`iter_json_list`) or Scalabel's ``{"frames": [...], "config": ...}``."""
+    with open(path, encoding="utf-8") as handle:
+        while (chunk := handle.read(4096)) and not chunk.strip():
+            pass
+    if chunk.strip()[:1] != "{":
+        return iter_json_list(path), {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data.get("frames"), list):
+        raise DatasetError(f"{path}: a JSON object without a 'frames' list (expected a list of frames, or "
+                           "Scalabel's dataset object {\"frames\": [...], \"config\": ...})")
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise DatasetError(f"{path}: 'config' is a {type(config).__name__}, not an object")
+    return iter(data["frames"]), config
+
+
+def _size(size, where: str) -> tuple[int, int] | None:
+    """(width, height) of a Scalabel ``ImageSize`` ``{"width", "height"}``; None when absent."""
+    if size is None:
+        return None
+    try:
+        width, height = size["width"], size["height"]
+        if isinstance(width, bool) or isinstance(height, bool) or int(width) != width or int(height) != height:
+            raise ValueError
+        if width <= 0 or height <= 0:
+            raise ValueError
+    except (TypeError, KeyError, ValueError):
+        raise DatasetError(f"{where}: {size!r} is not a size {{\"width\": W, \"height\": H}} "
+                           "in positive integers") from None
+    return int(width), int(height)
+
+
 def bdd100k_class_names(category_map: dict[str, str | None] | None = None) -> list[str]:
     """The official 10 classes, plus any new name a ``category_map`` introduces (appended)."""
     names = list(BDD100K_CLASSES)
@@ -159,7 +207,9 @@ def read_bdd100k(
     # (category) -> (label, iscrowd) or None for "mapped to nothing"; filled on first sight.
     resolved: dict[str, tuple[int, int] | None] = {}
 
-    for index, frame in enumerate(iter_json_list(labels_path)):
+    frames, config = label_file_frames(labels_path)
+    default_size = _size(config.get("imageSize"), f"{labels_path} config.imageSize") or BDD100K_IMAGE_SIZE
+    for index, frame in enumerate(frames):
         total += 1
         if not isinstance(frame, dict) or "name" not in frame:
             raise DatasetError(f"{labels_path}: frame {index} is not an object with a 'name'")
@@ -174,14 +224,18 @@ def read_bdd100k(
             missing += 1
             report.drop_image(MISSING_IMAGE, str(path))
             continue
+        own_size = _size(frame.get("size"), f"{where} size")
         if read_image_sizes:
             try:
                 with Image.open(path) as image:
                     width, height = image.size
             except OSError as err:
                 raise DatasetError(f"{where}: cannot read the image size of {path} ({err})") from None
+            if own_size is not None and own_size != (width, height):
+                report.drop_image(SIZE_DIFFERS, f"{where}: size {own_size[0]}x{own_size[1]}, image {width}x{height}")
+                continue
         else:
-            width, height = BDD100K_IMAGE_SIZE
+            width, height = own_size or default_size
         for number, label in enumerate(frame.get("labels") or ()):
             category = label.get("category")
             box2d = label.get("box2d")
@@ -205,7 +259,9 @@ def read_bdd100k(
             box = clean_xywh(bbox, width, height, report, label_where)
             if box is None:
                 continue
-            crowd = 1 if ignore or _attribute(label.get("attributes"), "crowd") else 0
+            attributes = label.get("attributes")
+            crowd = 1 if ignore or _attribute(attributes, "crowd") or _attribute(attributes, "ignored") \
+                or label.get("ignored") else 0
             columns.add_object_counted(report, columns.objects_added() + 1, box, class_label, iscrowd=crowd)
         attributes = frame.get("attributes") or {}
         columns.add_image(
@@ -227,11 +283,11 @@ def _resolve_category(
         return None if target is None else (label_of[target], 0)
     if category in label_of:
         return label_of[category], 0
-    if category in LEGACY_NAMES:
-        return label_of[LEGACY_NAMES[category]], 0
+    if category in NAME_MAPPING:
+        return label_of[NAME_MAPPING[category]], 0
     if category in IGNORED_AS:
         return label_of[IGNORED_AS[category]], 1
     raise DatasetError(
-        f"{where}: unknown category {category!r} (known: {', '.join(BDD100K_CLASSES)}, the legacy names "
-        f"{sorted(LEGACY_NAMES)} and the ignored {sorted(IGNORED_AS)}); map it with category_map"
+        f"{where}: unknown category {category!r} (known: {', '.join(BDD100K_CLASSES)}, the mapped names "
+        f"{sorted(NAME_MAPPING)} and the ignored {sorted(IGNORED_AS)}); map it with category_map"
     )

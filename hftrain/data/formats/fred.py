@@ -1,47 +1,67 @@
 """Read FRED (Florence RGB-Event Drone, 2025) sequences into the project's schema.
 
-Layout, one folder per sequence under the dataset root (``0/``, ``1/``, ...)::
+The release as its authors publish it (FRED README; their loader ``src/data/data.py``)::
 
-    <seq>/RGB/*.jpg            RGB frames, named Video_<seq>_<HH_MM_SS.micro>.jpg (wall clock)
-    <seq>/Event/Frames/*.png   event frames, named Video_<seq>_frame_<microseconds>.png
-    <seq>/RGB_YOLO/*.txt       one YOLO file per RGB frame, same stem: "class cx cy w h" (0..1)
-    <seq>/Event_YOLO/*.txt     one YOLO file per event frame, same stem
-    <seq>/coordinates.txt      "time: x1, y1, x2, y2[, id[, class]]" in pixels, time in seconds
+    FRED/train/<seq>/RGB/*.jpg              RGB frames (padded to the event camera's geometry)
+    FRED/train/<seq>/Event/Frames/*.png     event frames, as many as RGB frames
+    FRED/train/<seq>/coordinates.txt        "time: x1, y1, x2, y2, id, class", boxes in the padded
+                                            coordinate space shared by both streams ("extended")
+    FRED/train/<seq>/coordinates_rgb.txt    the same without the padding
+    FRED/test/<seq>/...
 
-Choices (FRED's README and released files; documented here because they are choices):
+Choose the half with a split (``--split train`` / ``data.<split>.sets: [train]``). The challenging
+split is built by the authors' ``create_FRED_challenging_split.py`` as ``FRED_challenging/{train,
+test}/<seq>`` symbolic links into the canonical tree: give that folder as the root the same way.
+Links in the user's tree are followed; the image root of the converted dataset is then the
+deepest folder holding the root and every linked sequence (``fred_image_root``). A split file of
+the dataset (``dataset_splits/challenging/challenging_train_split.txt``, or its name
+``challenging/train``) also works on the release root: each listed sequence is looked for in
+``<root>/<seq>``, ``<root>/train/<seq>`` and ``<root>/test/<seq>``.
 
-- ``modality`` picks the stream (``rgb`` or ``event``); frames are never matched by position
-  across modalities (the two streams have different frame counts).
-- Labels come from the modality's per-frame YOLO folder when it exists: each frame is matched
-  to the label file with its own stem. A frame without a label file is dropped (counted,
-  ``frame has no label file``); a label file whose frame is missing counts as a missing image.
-  An empty label file is a frame with no drone and is kept.
-- Otherwise from ``coordinates.txt``: one image per timestamp, matched to the frame whose name
-  carries that timestamp in microseconds (``13.533198`` -> ``..._frame_13533198.png``; the
-  name with the dot removed is tried too). All 4-, 5- and 6-field lines are accepted (track
-  ids written as ``1`` or ``1.0``, Windows line endings, several boxes per timestamp when two
-  drones fly). Frames with no line at their timestamp are dropped (counted). When the frames
-  folder does not exist the image path is the name the frame would have (counted as missing
-  when files are checked). RGB frames are named by wall-clock time, which coordinates.txt does
-  not use: the RGB stream needs ``RGB_YOLO/``.
-- coordinates.txt boxes are corner pixels: ``bbox = [x1, y1, x2 - x1, y2 - y1]``, clipped to
-  the image (the older release has boxes reaching past the border).
-- Image size: that of the sequence's first frame of the stream (header only), or 1280x720 (both
-  FRED streams are HD) when there is no frame to read.
-- Classes: one ``drone`` class by default; ``drone_classes="models"`` uses the five drone
-  models, which needs labels that name them (the 6-field coordinates.txt form). YOLO files and
-  4/5-field lines carry no model name, and are an error in that mode.
-- Track ids are not kept (object ids are unique running numbers, as evaluation needs);
-  extra columns: ``sequence``, ``frame`` (file stem) and ``timestamp`` (seconds in the
-  recording's time base, or null for wall-clock-named RGB frames).
-- Sequence lists come from the dataset's split files (``dataset_splits/canonical/
-  train_split.txt``, ``challenging/challenging_test_split.txt``: one ``<seq>/`` per line).
+Frames of a sequence that holds ``RGB/*.jpg`` are matched by the authors' rule: each stream's
+frames are natural-sorted, both streams must have the same count (a mismatch is an error naming
+the sequence; a sequence without ``Event/Frames/`` is read on its RGB frames alone), and frame i
+(from 0) is labelled by the lines whose time string is ``str(float(f"{(i + 1) * 0.033333:.6f}"))``
+(``authors_time_key``), compared as written in the file. As in their loader, a frame with no line
+at its time is left out (counted: ``frame has no line at its time``), and lines at a time that no
+frame carries are counted as dropped boxes (``time matches no frame``). ``boxes`` picks the box
+file: ``extended`` (``coordinates.txt``, the README's recommendation) or ``rgb``
+(``coordinates_rgb.txt``).
+
+Older variants, still read:
+
+- a flat root of sequence folders (``0/``, ``1/``, ...), all of them or those of the dataset's split
+  files (``dataset_splits/canonical/train_split.txt``, named ``canonical/train``; one ``<seq>/``
+  per line);
+- ``<seq>/RGB_YOLO/*.txt`` / ``<seq>/Event_YOLO/*.txt`` (one YOLO file per frame of the stream,
+  same stem, "class cx cy w h" in 0..1), used when the modality's folder exists: a frame without a
+  label file is dropped (counted, ``frame has no label file``); a label file whose frame is missing
+  counts as a missing image; an empty label file is a frame with no drone and is kept;
+- a sequence with event frames and no RGB frames (an older release): the event frames are named
+  ``Video_<seq>_frame_<microseconds>.png`` and each time of the box file is matched to the frame
+  carrying it (``13.533198`` -> ``..._frame_13533198.png``; the name with the dot removed is tried
+  too). Frames with no line at their time are dropped (counted). When the frames folder does not
+  exist the image path is the name the frame would have (counted as missing when files are checked).
+
+Lines: 4, 5 or 6 fields (track ids written ``1`` or ``1.0``, Windows line endings, several boxes at
+one time when two drones fly); a malformed line is dropped and counted. Boxes are corner pixels:
+``bbox = [x1, y1, x2 - x1, y2 - y1]``, clipped to the image (counted; some boxes reach past the
+border). Image size: that of the sequence's first frame of the stream (header only), or 1280x720
+(both FRED streams are HD) when there is no frame to read.
+
+Classes: one ``drone`` class by default; ``drone_classes="models"`` uses the five drone models,
+which needs the 6-field lines that name them. YOLO files and 4/5-field lines carry no model name,
+and are an error in that mode. Track ids are not kept (object ids are unique running numbers, as
+evaluation needs); extra columns: ``sequence``, ``frame`` (file stem) and ``timestamp`` (seconds
+in the recording's time base, or null for wall-clock-named frames labelled by YOLO files).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -60,8 +80,32 @@ STREAMS = {
     "rgb": ("RGB", "RGB_YOLO", ".jpg"),
     "event": ("Event/Frames", "Event_YOLO", ".png"),
 }
+BOX_FILES = {"extended": "coordinates.txt", "rgb": "coordinates_rgb.txt"}
+"""``boxes`` choice -> the sequence's box file."""
+RELEASE_SPLITS = ("train", "test")
+FRAME_PERIOD = 0.033333
+"""Seconds between frames in the authors' loader (their ``to_timestamp``)."""
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 _TIMESTAMP_NAME = re.compile(r"^Video_\d+_(?:frame_)?(\d+)$")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def authors_time_key(index: int) -> str:
+    """The time string the authors' loader looks up for frame ``index`` (from 0) of a sequence."""
+    return str(float(f"{(index + 1) * FRAME_PERIOD:.6f}"))
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of ``natsort.natsorted``'s default: digit runs compare as integers."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One sequence folder: its name (``"42"``) and its path under the given root (links kept)."""
+
+    name: str
+    folder: Path
 
 
 def _normalise_model(name: str) -> str:
@@ -74,6 +118,13 @@ def fred_class_names(drone_classes: str) -> list[str]:
     if drone_classes == "models":
         return list(FRED_MODELS)
     raise DatasetError(f"drone_classes: {drone_classes!r} is not 'single' or 'models'")
+
+
+def box_file_name(boxes: str) -> str:
+    """``coordinates.txt`` (``extended``) or ``coordinates_rgb.txt`` (``rgb``)."""
+    if boxes not in BOX_FILES:
+        raise DatasetError(f"fred_boxes: {boxes!r} is not one of {', '.join(BOX_FILES)}")
+    return BOX_FILES[boxes]
 
 
 def resolve_split_file(splits_dir: Path | None, name: str) -> Path:
@@ -100,39 +151,99 @@ def read_split_sequences(split_file: Path) -> list[str]:
     return [line.strip().strip("/") for line in split_file.read_text().splitlines() if line.strip()]
 
 
-def list_sequences(root: Path, splits_dir: Path | None, sets: list[str] | None) -> list[str]:
-    """The sequences of the given splits (in split order, each once), or every numbered folder."""
+def _is_split_folder(root: Path, name: str) -> bool:
+    """Whether a set names a folder of sequences under the root (``train``, ``test``)."""
+    return Path(name).suffix != ".txt" and (root / name.strip("/")).is_dir()
+
+
+def _split_folder_sequences(folder: Path) -> list[Sequence]:
+    """The sequence folders in a split folder, natural-sorted (links to folders followed)."""
+    children = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    zipped = sorted((p.name for p in folder.glob("*.zip") if not p.with_suffix("").is_dir()), key=natural_key)
+    if zipped:  # the release ships one zip per sequence
+        raise DatasetError(f"{folder}: {len(zipped)} sequence(s) still zipped ({', '.join(zipped[:3])}"
+                           f"{', ...' if len(zipped) > 3 else ''}): unzip each into its <seq>/ folder first")
+    if not children:
+        raise DatasetError(f"{folder}: no sequence folders in this FRED split folder")
+    return [Sequence(p.name, p) for p in sorted(children, key=lambda p: natural_key(p.name))]
+
+
+def _listed_sequence(root: Path, seq: str, split_file: Path) -> Sequence:
+    for folder in (root / seq, *(root / half / seq for half in RELEASE_SPLITS)):
+        if folder.is_dir():
+            return Sequence(seq, folder)
+    raise DatasetError(f"{root / seq}: sequence folder {seq!r} (listed by {split_file}) not found "
+                       f"under {root}, {root / 'train'} or {root / 'test'}")
+
+
+def list_sequences(root: Path, splits_dir: Path | None, sets: list[str] | None) -> list[Sequence]:
+    """The sequences of the given sets (in their order, each folder once), or every numbered folder.
+
+    A set is a split folder under the root (``train``, ``test``: every sequence in it) or a split
+    file (a ``.txt`` path or a name such as ``canonical/train`` under ``splits_dir``).
+    """
+    root = Path(root)
     if not sets:
-        found = [p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-        if not found:
-            raise DatasetError(f"{root}: no sequence folders (0/, 1/, ...) and no split given")
-        return sorted(found, key=int)
-    sequences: list[str] = []
+        found = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+        if found:
+            return [Sequence(p.name, p) for p in sorted(found, key=lambda p: int(p.name))]
+        halves = [half for half in RELEASE_SPLITS if (root / half).is_dir()]
+        if halves:
+            raise DatasetError(
+                f"{root}: a FRED release root (holds {', '.join(h + '/' for h in halves)}): choose the split "
+                f"with --split {halves[0]} (recipes: data.train.sets: [train], data.val.sets: [test])")
+        raise DatasetError(f"{root}: no sequence folders (0/, 1/, ...), no train/ or test/, and no split given")
+    sequences: dict[str, Sequence] = {}
     for name in sets:
-        for seq in read_split_sequences(resolve_split_file(splits_dir, name)):
-            if seq not in sequences:
-                sequences.append(seq)
-    return sequences
+        if _is_split_folder(root, name):
+            listed = _split_folder_sequences(root / name.strip("/"))
+        else:
+            split_file = resolve_split_file(splits_dir, name)
+            listed = [_listed_sequence(root, seq, split_file) for seq in read_split_sequences(split_file)]
+        for seq in listed:
+            sequences.setdefault(os.path.realpath(seq.folder), seq)
+    return list(sequences.values())
+
+
+def image_root_of(root: str | Path, sequences: list[Sequence]) -> Path:
+    """The resolved root, or, when sequences are links leaving it (a challenging split), the
+    deepest folder holding the root and every sequence's real folder."""
+    root_real = os.path.realpath(root)
+    real = [os.path.realpath(seq.folder) for seq in sequences]
+    if all(path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep) for path in real):
+        return Path(root_real)
+    return Path(os.path.commonpath([root_real, *real]))
+
+
+def _splits_dir(root: Path, splits_dir: str | Path | None) -> Path:
+    return Path(splits_dir) if splits_dir else root / "dataset_splits"
+
+
+def fred_image_root(root: str | Path, splits_dir: str | Path | None, sets: list[str] | None) -> Path:
+    """The folder the image paths of ``read_fred(root, splits_dir, sets)`` are relative to."""
+    root = Path(root)
+    return image_root_of(root, list_sequences(root, _splits_dir(root, splits_dir), sets))
 
 
 def fred_label_files(root: str | Path, splits_dir: str | Path | None, sets: list[str] | None,
-                     modality: str) -> list[Path]:
-    """Every file the conversion reads labels from (for cache keys)."""
+                     modality: str, boxes: str = "extended") -> list[Path]:
+    """Every file the conversion reads labels from, and the frame folders whose listing pairs
+    frames with times (for cache keys: a folder's mtime changes when frames come or go)."""
     root = Path(root)
-    splits = Path(splits_dir) if splits_dir else None
-    files = [resolve_split_file(splits, name) for name in sets or []]
-    _, yolo_dir, _ = STREAMS[modality]
+    splits = _splits_dir(root, splits_dir)
+    files = [resolve_split_file(splits, name) for name in sets or [] if not _is_split_folder(root, name)]
+    frames_sub, yolo_dir, _ = STREAMS[modality]
     for seq in list_sequences(root, splits, sets):
-        yolo = root / seq / yolo_dir
+        yolo = seq.folder / yolo_dir
         if yolo.is_dir():
             files.extend(sorted(yolo.glob("*.txt")))
         else:
-            files.append(root / seq / "coordinates.txt")
+            files.extend([seq.folder / box_file_name(boxes), seq.folder / "RGB", seq.folder / "Event" / "Frames"])
     return files
 
 
 def parse_coordinates(path: Path, report: ConversionReport) -> dict[str, list[tuple]]:
-    """``time -> [(x1, y1, x2, y2, track_id | None, class | None), ...]`` in file order.
+    """``time -> [(x1, y1, x2, y2, track_id | None, class | None, where), ...]`` in file order.
 
     Times are kept as written (strings). A line that is not ``time: 4 to 6 fields`` is
     dropped and counted.
@@ -179,6 +290,14 @@ def _timestamp_keys(time: str) -> list[int]:
     return keys
 
 
+def stream_frames(folder: Path, extension: str) -> list[Path]:
+    """The authors' ``natsorted(glob(folder/*<extension>))``: [] when the folder does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.name.endswith(extension) and not p.name.startswith(".")),
+                  key=lambda p: natural_key(p.name))
+
+
 def read_fred(
     root: str | Path,
     splits_dir: str | Path | None = None,
@@ -188,47 +307,68 @@ def read_fred(
     category_map: dict[str, str | None] | None = None,
     max_missing: float = 0.0,
     check_files: bool = True,
+    boxes: str = "extended",
 ) -> tuple[datasets.Dataset, ConversionReport]:
-    """Read the sequences of ``sets`` (split names or files; all sequences when empty).
+    """Read the sequences of ``sets`` (split folders, split names or files; every numbered
+    sequence folder when empty). Image paths are relative to ``fred_image_root(root, splits_dir, sets)``.
 
     ``splits_dir`` is the dataset's ``dataset_splits`` folder (default ``root/dataset_splits``).
     ``category_map`` maps a drone model name (as written in the labels) to a class or ``None``.
+    ``boxes``: ``extended`` (coordinates.txt) or ``rgb`` (coordinates_rgb.txt).
     """
-    root = Path(root).resolve()
+    root = Path(root)
     if modality not in STREAMS:
         raise DatasetError(f"modality: {modality!r} is not one of {sorted(STREAMS)}")
     if not root.is_dir():
         raise DatasetError(f"{root}: FRED root folder not found")
-    splits = Path(splits_dir) if splits_dir else root / "dataset_splits"
+    box_name = box_file_name(boxes)
+    splits = _splits_dir(root, splits_dir)
     class_names = fred_class_names(drone_classes)
     category_map = dict(category_map or {})
     for target in category_map.values():
         if target is not None and target not in class_names:
             class_names.append(target)
     model_label = {_normalise_model(name): i for i, name in enumerate(class_names)}
-    report = ConversionReport(source=f"FRED {root} ({modality}{', ' + '+'.join(sets) if sets else ''})")
+    sequences = list_sequences(root, splits, sets)
+    image_root = image_root_of(root, sequences)
+    report = ConversionReport(source=f"FRED {root.resolve()} ({modality}{', ' + '+'.join(sets) if sets else ''}"
+                                     f"{', ' + box_name if boxes != 'extended' else ''})")
     columns = DetectionColumns(class_names, {
         "sequence": datasets.Value("string"), "frame": datasets.Value("string"),
         "timestamp": datasets.Value("float64"),
     })
-    state = _State(root, report, columns, class_names, model_label, category_map, drone_classes)
+    state = _State(image_root, report, columns, class_names, model_label, category_map, drone_classes)
     frames_sub, yolo_sub, extension = STREAMS[modality]
-    for seq in list_sequences(root, splits, sets):
-        seq_dir = root / seq
-        if not seq_dir.is_dir():
-            raise DatasetError(f"{seq_dir}: sequence folder {seq!r} (listed by {sets}) not found")
+    for seq in sequences:
+        seq_dir = Path(os.path.realpath(seq.folder))
         frames_dir = seq_dir / frames_sub
-        frames = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS) \
-            if frames_dir.is_dir() else []
-        size = _frame_size(frames)
+        box_file = seq_dir / box_name
         if (seq_dir / yolo_sub).is_dir():
-            state.read_yolo_sequence(seq, frames, seq_dir / yolo_sub, frames_dir, extension, size, check_files)
-        elif (seq_dir / "coordinates.txt").is_file():
-            state.read_coordinates_sequence(seq, frames, seq_dir / "coordinates.txt", frames_dir, extension,
-                                            size, check_files, modality)
+            frames = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS) \
+                if frames_dir.is_dir() else []
+            state.read_yolo_sequence(seq.name, frames, seq_dir / yolo_sub, frames_dir, extension,
+                                     _frame_size(frames), check_files)
+            continue
+        if not box_file.is_file():
+            raise DatasetError(f"{seq_dir}: no {yolo_sub}/ folder and no {box_name} (fred_boxes: {boxes})")
+        rgb = stream_frames(seq_dir / "RGB", ".jpg")
+        if rgb:  # the release: both streams paired by position
+            events = stream_frames(seq_dir / "Event" / "Frames", ".png")
+            if events and len(events) != len(rgb):
+                raise DatasetError(
+                    f"FRED sequence {seq.name} ({seq_dir}): {len(rgb)} RGB frames (RGB/*.jpg) but {len(events)} "
+                    "event frames (Event/Frames/*.png); frames are labelled by their position in the sequence "
+                    "(the authors' rule), which needs the same count in both streams")
+            frames = rgb if modality == "rgb" else events
+            if not frames:
+                raise DatasetError(f"FRED sequence {seq.name} ({seq_dir}): no event frames (Event/Frames/*.png)")
+            state.read_paired_sequence(seq.name, frames, box_file, _frame_size(frames), check_files)
         else:
-            raise DatasetError(f"{seq_dir}: no {yolo_sub}/ folder and no coordinates.txt")
-    check_missing(report, state.missing, state.total, report.source, root, max_missing)
+            frames = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS) \
+                if frames_dir.is_dir() else []
+            state.read_coordinates_sequence(seq.name, frames, box_file, frames_dir, extension,
+                                            _frame_size(frames), check_files, modality)
+    check_missing(report, state.missing, state.total, report.source, image_root, max_missing)
     return columns.build(), report
 
 
@@ -281,6 +421,28 @@ class _State:
         self.columns.add_image(relative, len(self.columns) + 1, size[0], size[1],
                                sequence=seq, frame=stem, timestamp=timestamp)
         self.report.images += 1
+
+    def read_paired_sequence(self, seq, frames, box_file, size, check_files) -> None:
+        """The authors' rule: frame i carries the lines at time ``authors_time_key(i)``."""
+        by_time = parse_coordinates(box_file, self.report)
+        used: set[str] = set()
+        for index, frame in enumerate(frames):
+            time = authors_time_key(index)
+            lines = by_time.get(time)
+            if lines is None:
+                self.report.drop_image(f"frame has no line at its time in {box_file.name}", str(frame))
+                continue
+            used.add(time)
+            relative = self.frame_path(frame, check_files, f"{box_file} time {time}")
+            if relative is None:
+                continue
+            for x1, y1, x2, y2, _track, model, where in lines:
+                self.add_box([x1, y1, x2 - x1, y2 - y1], model, size, where)
+            self.add_frame(relative, frame.stem, seq, size, float(time))
+        for time, lines in by_time.items():
+            if time not in used:
+                for line in lines:
+                    self.report.drop_box("time matches no frame", line[-1])
 
     def read_yolo_sequence(self, seq, frames, yolo_dir, frames_dir, extension, size, check_files) -> None:
         by_stem = {p.stem: p for p in frames}

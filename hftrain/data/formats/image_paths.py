@@ -1,17 +1,32 @@
-"""Check many image paths against one image root quickly.
+"""Image paths written in annotation files, checked against the image root they are relative to.
 
-``schema.resolve_image_path`` resolves the root and the whole path for every call (one
-``lstat`` per path component, about 250 us), which alone would take most of a minute for
-BDD100K's 70,000 frames. ``ImageRoot`` gives the same answers (paths leaving the root through
-``..``, absolute paths or symbolic links are refused with an error naming the entry) with the
-root resolved once and each folder resolved once: per image it costs one ``lstat``.
+What is refused is the traversal *written in the annotations*: an absolute path, or ``..``
+components that climb above the root (``../../etc/x.jpg``); the error names the entry. Paths
+are normalised lexically (``a/./b/../c.jpg`` is ``a/c.jpg``), so the file opened is the one
+the text names. Symbolic links inside the user's own tree are the user's choice and are
+followed wherever they lead: an image folder that is a link to another disk, a ``VOCdevkit``
+whose year folders are links, FRED's challenging split built as folders of links.
+Per image this costs one ``stat`` (whether the file exists).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
+
+
+def safe_relative(relative: str, root: str | Path, where: str) -> str:
+    """``relative`` normalised; ValueError naming ``where`` when it is empty, absolute or climbs
+    out of ``root`` through ``..``."""
+    if not relative:
+        raise ValueError(f"{where}: empty image path")
+    if os.path.isabs(relative):
+        raise ValueError(f"{where}: image path {relative!r} is absolute; paths must be relative to {root}")
+    normal = os.path.normpath(relative)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        raise ValueError(f"{where}: image path {relative!r} resolves outside the image root {root} "
+                         "(its '..' components climb above it)")
+    return normal
 
 
 class ImageRoot:
@@ -20,45 +35,12 @@ class ImageRoot:
     def __init__(self, root: str | Path):
         self.given = Path(root)
         self.resolved = os.path.realpath(root)
-        self._dirs: dict[str, str | None] = {}
-
-    def _inside(self, resolved: str) -> str | None:
-        """``resolved`` relative to the root, or None when it lies outside."""
-        if resolved == self.resolved:
-            return ""
-        prefix = self.resolved.rstrip(os.sep) + os.sep
-        return resolved[len(prefix):] if resolved.startswith(prefix) else None
 
     def check(self, relative: str, where: str) -> tuple[str, bool]:
-        """(path relative to the resolved root, whether it is an existing regular file).
+        """(the normalised relative path, whether it names an existing regular file, links followed).
 
-        Raises ValueError naming ``where`` for an empty, absolute or escaping path.
+        Raises ValueError naming ``where`` for an empty or absolute path or one whose ``..``
+        components leave the root.
         """
-        if not relative:
-            raise ValueError(f"{where}: empty image path")
-        if os.path.isabs(relative):
-            raise ValueError(
-                f"{where}: image path {relative!r} is absolute; paths must be relative to {self.given}"
-            )
-        joined = os.path.join(self.resolved, relative)
-        folder, name = os.path.split(joined)
-        if folder not in self._dirs:
-            self._dirs[folder] = self._inside(os.path.realpath(folder))
-        inside_dir = self._dirs[folder]
-        if inside_dir is None or name in ("..", "."):
-            real = os.path.realpath(joined)
-            inside = self._inside(real)
-            if inside is None:
-                raise ValueError(f"{where}: image path {relative!r} resolves outside the image root {self.given}")
-            return inside, os.path.isfile(real)
-        try:
-            info = os.lstat(joined)
-        except OSError:
-            return os.path.join(inside_dir, name), False
-        if stat.S_ISLNK(info.st_mode):
-            real = os.path.realpath(joined)
-            inside = self._inside(real)
-            if inside is None:
-                raise ValueError(f"{where}: image path {relative!r} resolves outside the image root {self.given}")
-            return inside, os.path.isfile(real)
-        return os.path.join(inside_dir, name), stat.S_ISREG(info.st_mode)
+        normal = safe_relative(relative, self.given, where)
+        return normal, os.path.isfile(os.path.join(self.resolved, normal))

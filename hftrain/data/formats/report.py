@@ -19,8 +19,17 @@ class ConversionReport:
     dropped_boxes: Counter = field(default_factory=Counter)
     changed_boxes: Counter = field(default_factory=Counter)
     dropped_images: Counter = field(default_factory=Counter)
+    kept_images: Counter = field(default_factory=Counter)
+    """Images kept as they are but worth knowing about, by reason (a YOLO image whose label file
+    is missing or empty: an image without objects)."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """Up to a few example entries per reason, so a user can find them."""
+    notes: list[str] = field(default_factory=list)
+    """Other facts a user should see, one line each (where the class names came from, images
+    found by a fallback rule and how many)."""
+    category_ids: dict[str, list[int]] = field(default_factory=dict)
+    """The source's own category ids of each class name (several when ``category_map`` merges
+    categories; empty when the source has no ids of its own): predictions are written back in them."""
 
     def drop_box(self, reason: str, where: str) -> None:
         self.dropped_boxes[reason] += 1
@@ -32,6 +41,10 @@ class ConversionReport:
 
     def drop_image(self, reason: str, where: str) -> None:
         self.dropped_images[reason] += 1
+        self._example(reason, where)
+
+    def keep_image(self, reason: str, where: str) -> None:
+        self.kept_images[reason] += 1
         self._example(reason, where)
 
     def _example(self, reason: str, where: str, limit: int = 5) -> None:
@@ -48,7 +61,10 @@ class ConversionReport:
             "dropped_boxes": dict(self.dropped_boxes),
             "changed_boxes": dict(self.changed_boxes),
             "dropped_images": dict(self.dropped_images),
+            "kept_images": dict(self.kept_images),
             "examples": self.examples,
+            "notes": self.notes,
+            "category_ids": self.category_ids,
         }
 
     def save(self, path: Path) -> None:
@@ -59,10 +75,12 @@ class ConversionReport:
         out = [f"{self.source}: {self.images} images, {self.boxes} boxes"]
         if self.boxes_per_class:
             out.append("  boxes per class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.boxes_per_class.items())))
+        out.extend(f"  {note}" for note in self.notes)
         for title, counter in (
             ("dropped images", self.dropped_images),
             ("dropped boxes", self.dropped_boxes),
             ("changed boxes", self.changed_boxes),
+            ("kept images", self.kept_images),
         ):
             for reason, count in sorted(counter.items()):
                 example = self.examples.get(reason, [""])[0]

@@ -5,6 +5,7 @@ smallest micro-batch over the processes; a write that failed on one process fail
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ def test_scan_once_probe_agrees_and_failures_are_shared(tmp_path, shapes_dir):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29533", "tests/helpers/two_process_checks.py", str(shapes_dir), str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["scans"] == [2, 2] and ranks[1]["scans"] == []  # train and val, once, with num_workers processes

@@ -11,7 +11,6 @@ import shutil
 import pytest
 from PIL import Image
 
-from conftest import tiny_recipe, write_recipe
 from helpers.fixtures_path import shared_dataset
 from hftrain.data.convert import convert_main, load_converted, load_converted_report
 from hftrain.data.formats.coco import DatasetError

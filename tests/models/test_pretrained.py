@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForObjectDetection
 
 from conftest import records, tiny_recipe, write_recipe
-from helpers.timm_checkpoint import BACKBONE, REAL_KEYS, write_sensetime_checkpoint
+from helpers.timm_checkpoint import REAL_KEYS, write_sensetime_checkpoint
 from hftrain import train as train_mod
 from hftrain.models.head_prior import prior_bias
 from hftrain.models.pretrained import PretrainedError, PretrainedNotFound, check_pretrained

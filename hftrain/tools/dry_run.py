@@ -21,6 +21,7 @@ these replacements, each printed:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -287,7 +288,11 @@ def dry_run_recipe(recipe: Recipe, work_dir: Path) -> tuple[Recipe, list[str]]:
     if augment is not None and augment.close_mosaic_epoch is not None:  # reach the closing epoch
         data = replace(data, augment=replace(augment, close_mosaic_epoch=2 if not recipe.phases else len(recipe.phases)))
     batch = TRAIN_IMAGES_PER_STEP
-    train = replace(recipe.train, batch_size=batch, effective_batch=None, max_steps=None,
+    cpu_threads = recipe.train.cpu_threads
+    if cpu_threads is not None and cpu_threads > (os.cpu_count() or 1):  # more threads than cores only contend
+        notes.append(f"train.cpu_threads: {cpu_threads} -> {os.cpu_count() or 1} (the cores here)")
+        cpu_threads = os.cpu_count() or 1
+    train = replace(recipe.train, batch_size=batch, effective_batch=None, max_steps=None, cpu_threads=cpu_threads,
                     epochs=2 if not recipe.phases else len(recipe.phases))
     phases = [replace(p, epochs=1, batch_size=batch) for p in recipe.phases]
     precision = recipe.precision

@@ -15,7 +15,7 @@ these replacements, each printed:
   training split;
 - sizes: images at most 96 x 160, micro-batches of 2 images; every epoch is one optimizer step
   (accumulation kept), two epochs, or one per phase, checkpointed each epoch, evaluated after the last;
-- precision ``no`` without CUDA; at most 1 dataloader worker; no pictures; a temporary run directory.
+- precision ``no`` without CUDA; at most 1 dataloader worker; no more torch threads than cores; no pictures; a temporary run directory.
 """
 
 from __future__ import annotations

@@ -81,9 +81,35 @@ def start_and_kill_at(recipe_path, run_dir, processes, at_step) -> int:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
+    tree = descendants(proc.pid)  # torchrun starts its workers in their own sessions: the group alone misses them
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in tree) and time.time() < deadline:
+        time.sleep(0.02)  # killed grandchildren are reaped by init, not by us
     return seen
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), a machine crash's worth of processes."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def assert_same_weights(a: Path, b: Path):

@@ -124,10 +124,7 @@ def iter_json_list(path: Path) -> Iterator[object]:
 def label_file_frames(path: Path) -> tuple[Iterator[object], dict]:
     """(the frames, the Scalabel config or {}) of a label file in either form: a JSON list of
     frames (streamed by :func:`iter_json_list`) or Scalabel's ``{"frames": [...], "config": ...}``."""
-    with open(path, encoding="utf-8") as handle:
-        while (chunk := handle.read(4096)) and not chunk.strip():
-            pass
-    if chunk.strip()[:1] != "{":
+    if _first_char(path) != "{":
         return iter_json_list(path), {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -140,6 +137,15 @@ def label_file_frames(path: Path) -> tuple[Iterator[object], dict]:
     if not isinstance(config, dict):
         raise DatasetError(f"{path}: 'config' is a {type(config).__name__}, not an object")
     return iter(data["frames"]), config
+
+
+def _first_char(path: Path) -> str:
+    """The file's first non-whitespace character ("" for a blank file), read without loading it."""
+    with open(path, encoding="utf-8") as handle:
+        for chunk in iter(lambda: handle.read(4096), ""):
+            if stripped := chunk.lstrip():
+                return stripped[0]
+    return ""
 
 
 def _size(size, where: str) -> tuple[int, int] | None:

@@ -433,16 +433,20 @@ class _State:
                 self.report.drop_image(f"frame has no line at its time in {box_file.name}", str(frame))
                 continue
             used.add(time)
-            relative = self.frame_path(frame, check_files, f"{box_file} time {time}")
-            if relative is None:
-                continue
-            for x1, y1, x2, y2, _track, model, where in lines:
-                self.add_box([x1, y1, x2 - x1, y2 - y1], model, size, where)
-            self.add_frame(relative, frame.stem, seq, size, float(time))
+            self.add_coordinates_frame(frame, lines, seq, size, time, check_files, f"{box_file} time {time}")
         for time, lines in by_time.items():
             if time not in used:
                 for line in lines:
                     self.report.drop_box("time matches no frame", line[-1])
+
+    def add_coordinates_frame(self, frame, lines, seq, size, time: str, check_files, where_frame: str) -> None:
+        """One frame and its ``coordinates*.txt`` lines (corners -> xywh); nothing if its file is missing."""
+        relative = self.frame_path(frame, check_files, where_frame)
+        if relative is None:
+            return
+        for x1, y1, x2, y2, _track, model, where in lines:
+            self.add_box([x1, y1, x2 - x1, y2 - y1], model, size, where)
+        self.add_frame(relative, frame.stem, seq, size, float(time))
 
     def read_yolo_sequence(self, seq, frames, yolo_dir, frames_dir, extension, size, check_files) -> None:
         by_stem = {p.stem: p for p in frames}
@@ -497,12 +501,7 @@ class _State:
                 frame = by_key[key]
             else:
                 frame = frames_dir / f"Video_{seq}_frame_{keys[0]}{extension}"
-            relative = self.frame_path(frame, check_files, f"{coords} time {time}")
-            if relative is None:
-                continue
-            for x1, y1, x2, y2, _track, model, where in boxes:
-                self.add_box([x1, y1, x2 - x1, y2 - y1], model, size, where)
-            self.add_frame(relative, frame.stem, seq, size, float(time))
+            self.add_coordinates_frame(frame, boxes, seq, size, time, check_files, f"{coords} time {time}")
         for key, frame in by_key.items():
             if key not in matched:
                 self.report.drop_image("frame has no annotation at its timestamp", str(frame))

@@ -103,7 +103,8 @@ def convert_source(
         dataset, report = read_yolo(images, sets, category_map, max_missing)
         images = YoloDataset(images).root
     elif fmt == "fred":
-        from hftrain.data.formats.fred import fred_image_root, read_fred
+        from hftrain.data.formats.fred import read_fred
+        from hftrain.data.formats.fred_layout import fred_image_root
 
         dataset, report = read_fred(images, labels, sets, modality, drone_classes, category_map, max_missing, check_files,
                                     fred_boxes)

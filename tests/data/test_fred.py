@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from hftrain.data.formats.coco import DatasetError
-from hftrain.data.formats.fred import FRED_MODELS, parse_coordinates, read_fred, read_split_sequences, resolve_split_file
+from hftrain.data.formats.fred import FRED_MODELS, parse_coordinates, read_fred
+from hftrain.data.formats.fred_layout import read_split_sequences, resolve_split_file
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.schema import class_names_of, objects_of
 from helpers.fixtures_path import fixtures_dir

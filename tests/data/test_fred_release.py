@@ -17,7 +17,8 @@ from PIL import Image
 
 from hftrain.data.convert import convert_main, load_converted
 from hftrain.data.formats.coco import DatasetError
-from hftrain.data.formats.fred import FRED_MODELS, fred_image_root, read_fred
+from hftrain.data.formats.fred import FRED_MODELS, read_fred
+from hftrain.data.formats.fred_layout import fred_image_root
 from hftrain.data.schema import class_names_of, objects_of, resolve_image_path
 from hftrain.data.sources import load_split
 from helpers.fixtures_path import fixtures_dir

@@ -13,7 +13,7 @@ Choose the half with a split (``--split train`` / ``data.<split>.sets: [train]``
 split is built by the authors' ``create_FRED_challenging_split.py`` as ``FRED_challenging/{train,
 test}/<seq>`` symbolic links into the canonical tree: give that folder as the root the same way.
 Links in the user's tree are followed; the image root of the converted dataset is then the
-deepest folder holding the root and every linked sequence (``fred_image_root``). A split file of
+deepest folder holding the root and every linked sequence (``fred_layout.fred_image_root``). A split file of
 the dataset (``dataset_splits/challenging/challenging_train_split.txt``, or its name
 ``challenging/train``) also works on the release root: each listed sequence is looked for in
 ``<root>/<seq>``, ``<root>/train/<seq>`` and ``<root>/test/<seq>``.
@@ -61,7 +61,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -70,6 +69,9 @@ from PIL import Image
 from hftrain.data.formats.boxes import clean_xywh
 from hftrain.data.formats.coco import MISSING_IMAGE, DatasetError, check_missing
 from hftrain.data.formats.columns import DetectionColumns
+from hftrain.data.formats.fred_layout import (
+    image_root_of, is_split_folder, list_sequences, natural_key, resolve_split_file, splits_dir_of,
+)
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.formats.image_paths import ImageRoot
 
@@ -82,30 +84,15 @@ STREAMS = {
 }
 BOX_FILES = {"extended": "coordinates.txt", "rgb": "coordinates_rgb.txt"}
 """``boxes`` choice -> the sequence's box file."""
-RELEASE_SPLITS = ("train", "test")
 FRAME_PERIOD = 0.033333
 """Seconds between frames in the authors' loader (their ``to_timestamp``)."""
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 _TIMESTAMP_NAME = re.compile(r"^Video_\d+_(?:frame_)?(\d+)$")
-_DIGITS = re.compile(r"(\d+)")
 
 
 def authors_time_key(index: int) -> str:
     """The time string the authors' loader looks up for frame ``index`` (from 0) of a sequence."""
     return str(float(f"{(index + 1) * FRAME_PERIOD:.6f}"))
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key of ``natsort.natsorted``'s default: digit runs compare as integers."""
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """One sequence folder: its name (``"42"``) and its path under the given root (links kept)."""
-
-    name: str
-    folder: Path
 
 
 def _normalise_model(name: str) -> str:
@@ -127,111 +114,13 @@ def box_file_name(boxes: str) -> str:
     return BOX_FILES[boxes]
 
 
-def resolve_split_file(splits_dir: Path | None, name: str) -> Path:
-    """A split file from a path or a name such as ``canonical/train`` or ``challenging/test``."""
-    direct = Path(name)
-    if direct.suffix == ".txt":
-        if direct.is_file():
-            return direct
-        if splits_dir is not None and (splits_dir / direct).is_file():
-            return splits_dir / direct
-        raise DatasetError(f"FRED split file {name!r} not found")
-    if splits_dir is None:
-        raise DatasetError(f"FRED split {name!r}: no split folder given (the dataset's dataset_splits/)")
-    group, _, split = name.strip("/").partition("/")
-    candidates = [splits_dir / group / f"{split}_split.txt", splits_dir / group / f"{group}_{split}_split.txt"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise DatasetError(f"FRED split {name!r}: none of {[str(c) for c in candidates]} exists")
-
-
-def read_split_sequences(split_file: Path) -> list[str]:
-    """Sequence folder names listed one per line (``0/``), trailing slash and blank lines ignored."""
-    return [line.strip().strip("/") for line in split_file.read_text().splitlines() if line.strip()]
-
-
-def _is_split_folder(root: Path, name: str) -> bool:
-    """Whether a set names a folder of sequences under the root (``train``, ``test``)."""
-    return Path(name).suffix != ".txt" and (root / name.strip("/")).is_dir()
-
-
-def _split_folder_sequences(folder: Path) -> list[Sequence]:
-    """The sequence folders in a split folder, natural-sorted (links to folders followed)."""
-    children = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()]
-    zipped = sorted((p.name for p in folder.glob("*.zip") if not p.with_suffix("").is_dir()), key=natural_key)
-    if zipped:  # the release ships one zip per sequence
-        raise DatasetError(f"{folder}: {len(zipped)} sequence(s) still zipped ({', '.join(zipped[:3])}"
-                           f"{', ...' if len(zipped) > 3 else ''}): unzip each into its <seq>/ folder first")
-    if not children:
-        raise DatasetError(f"{folder}: no sequence folders in this FRED split folder")
-    return [Sequence(p.name, p) for p in sorted(children, key=lambda p: natural_key(p.name))]
-
-
-def _listed_sequence(root: Path, seq: str, split_file: Path) -> Sequence:
-    for folder in (root / seq, *(root / half / seq for half in RELEASE_SPLITS)):
-        if folder.is_dir():
-            return Sequence(seq, folder)
-    raise DatasetError(f"{root / seq}: sequence folder {seq!r} (listed by {split_file}) not found "
-                       f"under {root}, {root / 'train'} or {root / 'test'}")
-
-
-def list_sequences(root: Path, splits_dir: Path | None, sets: list[str] | None) -> list[Sequence]:
-    """The sequences of the given sets (in their order, each folder once), or every numbered folder.
-
-    A set is a split folder under the root (``train``, ``test``: every sequence in it) or a split
-    file (a ``.txt`` path or a name such as ``canonical/train`` under ``splits_dir``).
-    """
-    root = Path(root)
-    if not sets:
-        found = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-        if found:
-            return [Sequence(p.name, p) for p in sorted(found, key=lambda p: int(p.name))]
-        halves = [half for half in RELEASE_SPLITS if (root / half).is_dir()]
-        if halves:
-            raise DatasetError(
-                f"{root}: a FRED release root (holds {', '.join(h + '/' for h in halves)}): choose the split "
-                f"with --split {halves[0]} (recipes: data.train.sets: [train], data.val.sets: [test])")
-        raise DatasetError(f"{root}: no sequence folders (0/, 1/, ...), no train/ or test/, and no split given")
-    sequences: dict[str, Sequence] = {}
-    for name in sets:
-        if _is_split_folder(root, name):
-            listed = _split_folder_sequences(root / name.strip("/"))
-        else:
-            split_file = resolve_split_file(splits_dir, name)
-            listed = [_listed_sequence(root, seq, split_file) for seq in read_split_sequences(split_file)]
-        for seq in listed:
-            sequences.setdefault(os.path.realpath(seq.folder), seq)
-    return list(sequences.values())
-
-
-def image_root_of(root: str | Path, sequences: list[Sequence]) -> Path:
-    """The resolved root, or, when sequences are links leaving it (a challenging split), the
-    deepest folder holding the root and every sequence's real folder."""
-    root_real = os.path.realpath(root)
-    real = [os.path.realpath(seq.folder) for seq in sequences]
-    if all(path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep) for path in real):
-        return Path(root_real)
-    return Path(os.path.commonpath([root_real, *real]))
-
-
-def _splits_dir(root: Path, splits_dir: str | Path | None) -> Path:
-    return Path(splits_dir) if splits_dir else root / "dataset_splits"
-
-
-def fred_image_root(root: str | Path, splits_dir: str | Path | None, sets: list[str] | None) -> Path:
-    """The folder the image paths of ``read_fred(root, splits_dir, sets)`` are relative to."""
-    root = Path(root)
-    return image_root_of(root, list_sequences(root, _splits_dir(root, splits_dir), sets))
-
-
 def fred_label_files(root: str | Path, splits_dir: str | Path | None, sets: list[str] | None,
                      modality: str, boxes: str = "extended") -> list[Path]:
     """Every file the conversion reads labels from, and the frame folders whose listing pairs
     frames with times (for cache keys: a folder's mtime changes when frames come or go)."""
     root = Path(root)
-    splits = _splits_dir(root, splits_dir)
-    files = [resolve_split_file(splits, name) for name in sets or [] if not _is_split_folder(root, name)]
+    splits = splits_dir_of(root, splits_dir)
+    files = [resolve_split_file(splits, name) for name in sets or [] if not is_split_folder(root, name)]
     frames_sub, yolo_dir, _ = STREAMS[modality]
     for seq in list_sequences(root, splits, sets):
         yolo = seq.folder / yolo_dir
@@ -322,7 +211,7 @@ def read_fred(
     if not root.is_dir():
         raise DatasetError(f"{root}: FRED root folder not found")
     box_name = box_file_name(boxes)
-    splits = _splits_dir(root, splits_dir)
+    splits = splits_dir_of(root, splits_dir)
     class_names = fred_class_names(drone_classes)
     category_map = dict(category_map or {})
     for target in category_map.values():

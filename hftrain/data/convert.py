@@ -68,9 +68,6 @@ def convert_source(
                                f"split name as sets/--split (got labels {labels!r}, sets {sets})")
         return read_hub(str(images), (sets or [None])[0], recipe_split, category_map)
     images = Path(images)
-    if class_names and fmt != "voc":
-        raise DatasetError(f"{fmt}: class names (--classes / data.class_names) apply to voc only; "
-                           f"{fmt} names its classes in its label files")
     if fmt in ("coco", "bdd100k") and not labels:
         raise DatasetError(f"{fmt}: a label file is needed (--labels / data.<split>.labels)")
     if fmt in ("coco", "bdd100k") and sets:

@@ -46,11 +46,11 @@ def object_features(class_names: list[str]) -> dict:
     }
 
 
-def detection_features(class_names: list[str], extra: dict | None = None, decode_images: bool = False) -> Features:
-    """The features of a detection dataset with these class names (plus ``extra`` columns).
-    ``decode_images``: the ``Image`` feature's ``decode`` (False in hftrain, True on disk)."""
+def detection_features(class_names: list[str], extra: dict | None = None) -> Features:
+    """The features of a detection dataset with these class names (plus ``extra`` columns); the
+    ``Image`` feature does not decode (hftrain decodes images itself)."""
     columns = {
-        "image": Image(decode=decode_images),
+        "image": Image(decode=False),
         "image_id": Value("int64"),
         "width": Value("int32"),
         "height": Value("int32"),

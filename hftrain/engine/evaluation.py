@@ -32,10 +32,11 @@ def predict(model, loader, accelerator, detector, normalize, max_detections: int
         keeps = [r["scores"].float().argsort(descending=True)[:max_detections] for r in results]
         counts = [len(keep) for keep in keeps]  # shapes: known on the host
         rows = torch.cat([torch.cat([r["boxes"][k].float(), r["scores"][k, None].float(), r["labels"][k, None].float()], 1)
-                          for r, k in zip(results, keeps)]).cpu()  # the batch's one device-to-host transfer
-        limits = batch["orig_sizes"].flip(1).repeat(1, 2).float().repeat_interleave(torch.tensor(counts), dim=0)
-        rows[:, :4] = torch.minimum(rows[:, :4].clamp(min=0), limits)  # xyxy clipped to the image (w, h, w, h)
-        rows, local = rows.tolist(), []
+                          for r, k in zip(results, keeps)])
+        limits = batch["orig_sizes"].to(rows.device).flip(1).repeat(1, 2).float().repeat_interleave(
+            torch.tensor(counts, device=rows.device), dim=0)
+        rows[:, :4] = torch.minimum(rows[:, :4].clamp(min=0), limits)  # xyxy clipped to the image (w, h, w, h), on the device
+        rows, local = rows.cpu().tolist(), []  # the batch's one device-to-host transfer
         for image_id, end, count in zip(batch["image_ids"].tolist(), itertools.accumulate(counts), counts):
             mine = rows[end - count:end]
             local.append({"image_id": image_id, "boxes": [r[:4] for r in mine], "scores": [r[4] for r in mine],

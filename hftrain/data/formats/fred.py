@@ -58,7 +58,6 @@ in the recording's time base, or null for wall-clock-named frames labelled by YO
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -121,7 +120,7 @@ def fred_label_files(root: str | Path, splits_dir: str | Path | None, sets: list
     root = Path(root)
     splits = splits_dir_of(root, splits_dir)
     files = [resolve_split_file(splits, name) for name in sets or [] if not is_split_folder(root, name)]
-    frames_sub, yolo_dir, _ = STREAMS[modality]
+    yolo_dir = STREAMS[modality][1]
     for seq in list_sequences(root, splits, sets):
         yolo = seq.folder / yolo_dir
         if yolo.is_dir():
@@ -187,6 +186,13 @@ def stream_frames(folder: Path, extension: str) -> list[Path]:
                   key=lambda p: natural_key(p.name))
 
 
+def named_frames(folder: Path) -> list[Path]:
+    """The frames of an older layout's stream folder, sorted by name: [] when it does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+
+
 def read_fred(
     root: str | Path,
     splits_dir: str | Path | None = None,
@@ -233,8 +239,7 @@ def read_fred(
         frames_dir = seq_dir / frames_sub
         box_file = seq_dir / box_name
         if (seq_dir / yolo_sub).is_dir():
-            frames = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS) \
-                if frames_dir.is_dir() else []
+            frames = named_frames(frames_dir)
             state.read_yolo_sequence(seq.name, frames, seq_dir / yolo_sub, frames_dir, extension,
                                      _frame_size(frames), check_files)
             continue
@@ -253,8 +258,7 @@ def read_fred(
                 raise DatasetError(f"FRED sequence {seq.name} ({seq_dir}): no event frames (Event/Frames/*.png)")
             state.read_paired_sequence(seq.name, frames, box_file, _frame_size(frames), check_files)
         else:
-            frames = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS) \
-                if frames_dir.is_dir() else []
+            frames = named_frames(frames_dir)
             state.read_coordinates_sequence(seq.name, frames, box_file, frames_dir, extension,
                                             _frame_size(frames), check_files, modality)
     check_missing(report, state.missing, state.total, report.source, image_root, max_missing)
@@ -401,5 +405,4 @@ def _name_timestamp(stem: str) -> float | None:
     match = _TIMESTAMP_NAME.match(stem)
     if not match:
         return None
-    value = int(match.group(1)) / 1_000_000
-    return value if math.isfinite(value) else None
+    return int(match.group(1)) / 1_000_000

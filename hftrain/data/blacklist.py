@@ -34,22 +34,10 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from hftrain.data.decode import CONVERTIBLE_MODES, SIXTEEN_BIT_MODES
+from hftrain.data.decode import CONVERTIBLE_MODES, SIXTEEN_BIT_MODES, SWAPPING_ORIENTATIONS, exif_orientation
 
 ScanItem = tuple[str, "str | bytes", "tuple[int, int] | None"]
 """(key, file path or encoded bytes, annotated (width, height) or None)."""
-
-
-SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-"""EXIF orientations that turn the image by 90 degrees (``exif_transpose`` swaps width and height)."""
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF Orientation tag (1 when absent or when the EXIF block is corrupt)."""
-    try:
-        return int(image.getexif().get(0x0112, 1))
-    except Exception:  # corrupt EXIF: the pixels decoded, the orientation is unknown
-        return 1
 
 
 def check_image(source: str | bytes, expected: tuple[int, int] | None = None, min_side: int = 1) -> str | None:

@@ -79,3 +79,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that turn the image by 90 degrees (``exif_transpose`` swaps width and height)."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 when absent or when the EXIF block is corrupt)."""
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # corrupt EXIF: the pixels decoded, the orientation is unknown
+        return 1

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image as PILImage
 
+from hftrain.data.decode import SWAPPING_ORIENTATIONS, exif_orientation
 from hftrain.data.formats.boxes import clean_xywh
 from hftrain.data.formats.coco import DatasetError
 from hftrain.data.formats.columns import DetectionColumns
@@ -284,7 +285,7 @@ def _read_sizes(root: Path, storage: pa.StructArray, where: str) -> list[tuple[i
         try:
             with PILImage.open(io.BytesIO(blob) if blob else root / path) as image:
                 width, height = image.size
-                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+                if exif_orientation(image) in SWAPPING_ORIENTATIONS:  # rotated by 90 degrees when displayed
                     width, height = height, width
         except (OSError, TypeError) as err:
             raise DatasetError(f"{where} row {row}: no width/height columns and the image cannot be read "

@@ -48,6 +48,7 @@ import datasets
 import yaml
 from PIL import Image
 
+from hftrain.data.decode import SWAPPING_ORIENTATIONS, exif_orientation
 from hftrain.data.formats.boxes import MIN_BOX_SIDE
 from hftrain.data.formats.coco import MISSING_IMAGE, DatasetError
 from hftrain.data.formats.columns import DetectionColumns
@@ -58,10 +59,6 @@ IMAGE_SUFFIXES = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "web
 """ultralytics' ``IMG_FORMATS``: the suffixes (compared lower-case) that make a file an image."""
 COORDINATE_TOLERANCE = 0.01
 """Normalised coordinates may lie this far outside [0, 1] (then clipped); further out, dropped."""
-TURNING_ORIENTATIONS = (5, 6, 7, 8)
-"""EXIF orientations that turn an image by 90 degrees (``ImageOps.exif_transpose``, which training's
-decode applies, swaps width and height); the same as ``blacklist.SWAPPING_ORIENTATIONS``, which this
-module cannot import (blacklist -> convert -> this module)."""
 UNREADABLE_IMAGE = "unreadable image"
 NO_LABEL_FILE = "no label file (image without objects)"
 EMPTY_LABEL_FILE = "empty label file (image without objects)"
@@ -251,10 +248,7 @@ def displayed_size(path: str) -> tuple[int, int]:
         width, height = image.size
         if image.format == "PNG" and "exif" not in image.info:
             return width, height
-        try:
-            turned = int(image.getexif().get(0x0112, 1)) in TURNING_ORIENTATIONS
-        except Exception:  # a corrupt EXIF block: the orientation is unknown, taken as none (as blacklist)
-            turned = False
+        turned = exif_orientation(image) in SWAPPING_ORIENTATIONS  # a corrupt EXIF block: none, as the scan
     return (height, width) if turned else (width, height)
 
 

@@ -137,6 +137,14 @@ def image_key(row_image: dict, image_id: int) -> str:
     return row_image.get("path") or f"image_id:{image_id}"
 
 
+def image_keys(dataset) -> list[str]:
+    """Every row's :func:`image_key`, read column-wise from Arrow (no per-row dicts, no image bytes)."""
+    table = dataset.select_columns(["image", "image_id"]).with_format("arrow")[:]
+    paths = table.column("image").combine_chunks().field("path").to_pylist()
+    ids = table.column("image_id").to_pylist()
+    return [path if path else f"image_id:{image_id}" for path, image_id in zip(paths, ids)]
+
+
 def scan_items(dataset, image_root: str | Path) -> list[ScanItem]:
     """One scan item per row of a dataset in the project's schema."""
     root = Path(image_root)
@@ -162,19 +170,14 @@ def load_blacklist(path: str | Path) -> dict[str, str]:
     return data
 
 
-def apply_blacklist(dataset, blacklist: dict[str, str] | str | Path):
-    """(dataset without the blacklisted rows, how many rows were removed)."""
+def apply_blacklist(dataset, blacklist: dict[str, str] | str | Path, keys: list[str] | None = None):
+    """(dataset without the blacklisted rows, how many rows were removed); ``keys``: the rows'
+    :func:`image_keys` when the caller has them already."""
     if not isinstance(blacklist, dict):
         blacklist = load_blacklist(blacklist)
     if not blacklist or len(dataset) == 0:
         return dataset, 0
-    keep = []
-    index = 0
-    for batch in dataset.select_columns(["image", "image_id"]).iter(batch_size=8192):
-        for image, image_id in zip(batch["image"], batch["image_id"]):
-            if image_key(image, image_id) not in blacklist:
-                keep.append(index)
-            index += 1
+    keep = [i for i, key in enumerate(keys if keys is not None else image_keys(dataset)) if key not in blacklist]
     removed = len(dataset) - len(keep)
     return (dataset.select(keep) if removed else dataset), removed
 

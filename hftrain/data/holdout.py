@@ -21,13 +21,7 @@ import hashlib
 
 import datasets
 
-
-def image_keys(dataset: datasets.Dataset) -> list[str]:
-    """Each row's image path, or ``image_id:<id>`` for a row without one (bytes only), as the blacklist keys rows."""
-    table = dataset.select_columns(["image", "image_id"]).with_format("arrow")[:]
-    paths = table.column("image").combine_chunks().field("path").to_pylist()
-    ids = table.column("image_id").to_pylist()
-    return [path if path else f"image_id:{image_id}" for path, image_id in zip(paths, ids)]
+from hftrain.data.blacklist import image_keys
 
 
 def held_out_keys(dataset: datasets.Dataset, fraction: float, seed: int) -> set[str]:

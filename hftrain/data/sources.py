@@ -245,7 +245,7 @@ def local_main_process_first():
 
 def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, key, cache_dir, scan_workers,
                       min_side, report):
-    from hftrain.data.blacklist import apply_blacklist, load_blacklist, scan_images, scan_items
+    from hftrain.data.blacklist import apply_blacklist, image_keys, load_blacklist, scan_images, scan_items
 
     if blacklist == "auto":
         if key is None:
@@ -264,11 +264,10 @@ def _filter_blacklist(dataset, root, blacklist, fmt, images, labels, options, ke
         path = Path(blacklist)
         entries = load_blacklist(path)
         how = str(path)
-    from hftrain.data.holdout import image_keys
-
     before = len(dataset)
-    listed = [key for key in image_keys(dataset) if key in entries] if entries else []
-    dataset, removed = apply_blacklist(dataset, entries)
+    keys = image_keys(dataset) if entries else []
+    listed = [key for key in keys if key in entries]
+    dataset, removed = apply_blacklist(dataset, entries, keys)
     if removed:
         from hftrain.data.convert import count_boxes
 

@@ -105,12 +105,7 @@ def agree_on_failure(accelerator, failure: str | None) -> str | None:
 def fsync_tree(folder: Path) -> None:
     """Flush every file under ``folder`` and the folder entries to the storage device."""
     for path in sorted(Path(folder).rglob("*"), reverse=True) + [Path(folder)]:
-        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -154,7 +149,7 @@ def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: in
             faults.kill_during_save(state["step"])
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
-            _fsync_dir(final.parent)
+            _fsync(final.parent)
         except WRITE_ERRORS as err:
             failure = describe_write_failure(f"checkpoint step {state['step']}", partial, err)
     failure = agree_on_failure(accelerator, failure)
@@ -176,9 +171,9 @@ def save_checkpoint(accelerator, run_dir: Path, scheduler, state: dict, keep: in
     return final
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path) -> None:
+    """Flush one file, or one folder's entries (which makes a rename inside it durable)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0))
     try:
         os.fsync(fd)
     finally:
@@ -284,7 +279,7 @@ def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> No
         if target.exists():
             os.replace(target, old)
         os.replace(partial, target)
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
     except WRITE_ERRORS as err:
         message = describe_write_failure(f"{target.name}/", partial, err) + f"; {target} was left as it was"
         shutil.rmtree(partial, ignore_errors=True)

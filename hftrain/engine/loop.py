@@ -131,7 +131,7 @@ def train_step(run: Run, batch: dict, trainable: list) -> Step | None:
                 run.state.ema.update()  # ema: average in the weights this optimizer step produced
             optimizer.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError as err:  # halve the micro-batch, double accumulation, redo this optimizer step
-        run.meter.pending.clear()
+        run.meter.drop_losses()
         health.batching.recover(err, optimizer, run.state)
         return None
     return Step(synced, reading, overflow, terms)

@@ -85,13 +85,17 @@ class Meter:
         """A micro-batch's loss (a detached device tensor), read with the optimizer step's other figures."""
         self.pending.append(loss)
 
+    def drop_losses(self) -> None:
+        """Forget this optimizer step's losses (an out-of-memory error: the step is redone)."""
+        self.pending = []
+
     def take_losses(self):
         """This optimizer step's micro-batch losses as one device tensor (then forgotten here)."""
         losses, self.pending = self.pending, []
         return torch.stack([loss.float().reshape(()) for loss in losses])
 
-    def end_step(self, losses: list[float], grad_norm: float, clipped: bool, overflow: bool = False) -> float:
-        """Close an optimizer step with its micro-batches' ``losses``; returns their mean (a
+    def end_step(self, losses: list[float], grad_norm: float, clipped: bool, overflow: bool = False) -> None:
+        """Close an optimizer step with its micro-batches' ``losses``; ``last_loss`` is their mean (a
         non-finite one included: the step record shows it). ``overflow``: fp16's grad scaler skipped
         the step (its gradient norm is infinite by definition: neither averaged nor counted as clipped)."""
         finite = [loss for loss in losses if math.isfinite(loss)]
@@ -99,22 +103,20 @@ class Meter:
         self.epoch_loss, self.epoch_micro = self.epoch_loss + sum(losses), self.epoch_micro + len(losses)
         self.nonfinite += len(losses) - len(finite)
         self.sums["syncs"] += 1
-        step_loss = sum(losses) / max(1, len(losses))
-        self.last_loss = step_loss
+        self.last_loss = sum(losses) / max(1, len(losses))
         if finite:
             self.recent.append(sum(finite) / len(finite))
             self.epoch_losses.append(sum(finite) / len(finite))
         if overflow:
             self.sums["overflow"] += 1
             self.overflows += 1
-            return step_loss
+            return
         self.sums["clipped"] += int(clipped)
         if math.isfinite(grad_norm):
             self.recent_norms.append(grad_norm)
             self.epoch_norms.append(grad_norm)
         self.recent_clipped.append(bool(clipped))
         self.epoch_clipped.append(bool(clipped))
-        return step_loss
 
     def take_window(self) -> dict:
         """The sums since the last call (the ``log.interval`` window), then start a new window."""

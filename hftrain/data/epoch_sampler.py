@@ -30,9 +30,20 @@ class Draw(NamedTuple):
     copy: int
 
 
+class Sized(NamedTuple):
+    """A dataset key with the side its batch is made at (``data.augment.multiscale``,
+    :class:`hftrain.data.multiscale.MultiScaleBatches`)."""
+
+    key: object
+    side: int
+
+
 def split_key(key) -> tuple[int | None, int, int]:
     """``(epoch, copy, index)`` of a dataset key: a plain index (epoch None: not known), ``(epoch, index)``
-    from EpochShuffle, or ``(Draw(epoch, copy), index)`` from the repeat-factor sampler."""
+    from EpochShuffle, or ``(Draw(epoch, copy), index)`` from the repeat-factor sampler, maybe
+    :class:`Sized`."""
+    if isinstance(key, Sized):
+        key = key.key
     if not isinstance(key, tuple):
         return None, 0, key
     draw, index = key

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
+from hftrain.data import geometric
+from hftrain.data.multiscale import MultiScaleBatches
+from hftrain.data.photometric import hsv_jitter, hsv_params, photometric_distort, photometric_params
+from hftrain.recipe.schema import resolve_augment
 from hftrain.data.blacklist import size_mismatch
 from hftrain.data.collate import Collate
 from hftrain.data.decode import decode_for_size
 from hftrain.data import samplers
-from hftrain.data.epoch_sampler import EpochShuffle, split_key
+from hftrain.data.epoch_sampler import EpochShuffle, Sized, split_key
 from hftrain.data.schema import check_schema, class_names_of, resolve_image_path
 from hftrain.data.convert import take_subset
 from hftrain.data.sources import LoadedSplit, load_split
@@ -41,7 +45,8 @@ class DetectionDataset(Dataset):
         self.resize = resize
         self.hflip = hflip
         self.seed = seed
-        self.augment = augment  # data.augment (AugmentConfig) for training, None: no mosaic/mixup/scale jitter
+        # data.augment (AugmentConfig, its preset resolved) for training; None: no augmentation but the flip
+        self.augment = resolve_augment(augment, resize.min_size) if augment is not None else None
         self.cache = cache  # data.cache: ram (resized pixels shared by all workers), None: decode every time
 
     def __len__(self) -> int:
@@ -54,26 +59,72 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key) -> dict | None:
         """``key`` is an index, ``(epoch, index)`` from EpochShuffle or ``(Draw(epoch, copy), index)`` from
-        the repeat-factor sampler: then every random choice of the sample's augmentation comes from a
-        generator seeded by (seed, epoch, index[, copy]), the same in any worker or process.
-        Order: mosaic, mixup, scale jitter, flip; mosaic and mixup stop at data.augment.close_mosaic_epoch."""
+        the repeat-factor sampler (maybe :class:`Sized` by its batch's multi-scale side): then every random
+        choice of the sample's augmentation comes from a generator seeded by (seed, epoch, index[, copy]),
+        the same in any worker or process. Order: mosaic, mixup, photometric distort, the geometric
+        operations (one resample), HSV, scale jitter, flip; mosaic and mixup stop at
+        data.augment.close_mosaic_epoch, all but the flip at data.augment.stop_epoch."""
         epoch, copy, index = split_key(key)
+        side = key.side if isinstance(key, Sized) else None
         if epoch is None:
             rng = random  # a plain index (no epoch): the process's own stream
         else:
             rng = random.Random(f"{self.seed}:{epoch}:{index}" + (f":{copy}" if copy else ""))
         aug = self.augment
-        mixing = aug is not None and (aug.close_mosaic_epoch is None or epoch is None or epoch < aug.close_mosaic_epoch)
+        on = aug is not None and (aug.stop_epoch is None or epoch is None or epoch < aug.stop_epoch)
+        mixing = on and (aug.close_mosaic_epoch is None or epoch is None or epoch < aug.close_mosaic_epoch)
         sample = self.compose(index, rng, mixing)  # a mosaic (data.augment.mosaic) or the image as loaded
         if mixing and aug.mixup > 0 and rng.random() < aug.mixup:  # data.augment.mixup
             other = self.compose(self.other_index(index, rng), rng, mixing)
             sample = mixup(sample, other, rng.betavariate(MIXUP_BETA, MIXUP_BETA))
-        if aug is not None and aug.scale_jitter > 0 and rng.random() < aug.scale_jitter:  # data.augment.scale_jitter
+        if on:  # data.augment: photometric, zoom-out, IoU crop, random resize / size crop, affine, HSV, multi-scale
+            sample = self.reshape(sample, rng, side)
+        if on and aug.scale_jitter > 0 and rng.random() < aug.scale_jitter:  # data.augment.scale_jitter
             sample = scale(sample, rng.uniform(*aug.scale_range))
         if self.hflip > 0 and rng.random() < self.hflip:  # data.hflip
             pixels, boxes = flip_horizontal(sample["pixel_values"], sample["boxes"])
             sample = {**sample, "pixel_values": pixels, "boxes": boxes}  # a new dict: load's may be cached
         return sample
+
+    def reshape(self, sample: dict, rng, side: int | None) -> dict:
+        """The photometric distort, then the geometric operations on a :class:`~hftrain.data.geometric.View`
+        rendered once to the output size (the batch's multi-scale ``side``, DETR's random resize, or the
+        recipe's resize of the view), then the HSV jitter. Draws nothing for an operation that is off."""
+        aug = self.augment
+        if aug.photometric > 0:  # RT-DETR's RandomPhotometricDistort (each part with this probability)
+            params = photometric_params(rng, aug.photometric)
+            sample = {**sample, "pixel_values": photometric_distort(sample["pixel_values"], params)}
+        view = geometric.View.whole(sample["pixel_values"])
+        out_size = None
+        if aug.zoom_out > 0 and rng.random() < aug.zoom_out:  # RandomZoomOut, fill 0
+            view = geometric.zoom_out(view, rng.uniform(*aug.zoom_out_range), rng.random(), rng.random())
+        if aug.iou_crop > 0 and rng.random() < aug.iou_crop:  # RandomIoUCrop (RandomApply p)
+            sample, view = geometric.iou_crop(sample, view, rng)
+        if aug.random_resize:  # DETR: random resize, or resize + size crop + random resize
+            if aug.size_crop > 0 and aug.size_crop_resize and rng.random() < aug.size_crop:
+                view = geometric.resize_view(view, geometric.shortest_side_size(view, rng.choice(aug.size_crop_resize), None))
+                sample, view = geometric.size_crop(sample, view, *aug.size_crop_range, rng)
+            out_size = self.side_size(view, rng.choice(aug.random_resize))
+        if aug.affine > 0 and rng.random() < aug.affine:  # ultralytics' random_perspective: scale + translate
+            t = aug.translate
+            view = geometric.affine(view, rng.uniform(1 - aug.affine_scale, 1 + aug.affine_scale),
+                                    rng.uniform(0.5 - t, 0.5 + t), rng.uniform(0.5 - t, 0.5 + t))
+        if side is not None:  # data.augment.multiscale: this batch's side
+            out_size = self.side_size(view, side)
+        elif out_size is None:
+            out_size = self.resize.output_size(*view.size())
+        if not view.is_whole(sample["pixel_values"]) or tuple(out_size) != tuple(sample["pixel_values"].shape[1:]):
+            sample = geometric.render(sample, view, out_size)
+        if aug.hsv > 0 and rng.random() < aug.hsv:  # ultralytics' augment_hsv
+            sample = {**sample, "pixel_values": hsv_jitter(sample["pixel_values"], hsv_params(rng, aug.hsv_gains))}
+        return sample
+
+    def side_size(self, view, side: int) -> tuple[int, int]:
+        """(height, width) of ``view`` resized to ``side``: side x side for data.resize square, else its
+        shorter side ``side`` with the longer at most data.max_size."""
+        if self.resize.square:
+            return side, side
+        return geometric.shortest_side_size(view, side, self.resize.max_size)
 
     def compose(self, index: int, rng, mixing: bool) -> dict:
         """Image ``index`` as loaded or, with probability data.augment.mosaic while ``mixing``, a mosaic of
@@ -213,6 +264,7 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         raise ValueError(f"data.val: class names {val_names} differ from data.train's {class_names}")
     resize = Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square", draft=data_cfg.jpeg_draft)
     notes = [line for split in loaded.values() for line in split.report.lines() + split.notes]
+    notes.append(augment_note(resolve_augment(data_cfg.augment, data_cfg.min_size)))
     # data.cache: ram: sized and checked against the available memory here, before any worker starts
     caches, cache_notes = make_ram_caches(data_cfg, {name: split.dataset for name, split in loaded.items()}, resize)
     return DataBundle(
@@ -223,6 +275,17 @@ def load_data(data_cfg, seed: int = 0) -> DataBundle:
         notes=notes + cache_notes,
         category_ids=source_category_ids(loaded["train"].report.category_ids, class_names),
     )
+
+
+def augment_note(aug) -> str:
+    """One line saying what the training augmentation does (its preset resolved)."""
+    parts = [f"{name} {getattr(aug, name)}" for name in ("mosaic", "mixup", "photometric", "zoom_out", "iou_crop",
+                                                          "size_crop", "hsv", "affine", "scale_jitter")
+             if getattr(aug, name)]
+    parts += [f"{name} {getattr(aug, name)}" for name in ("random_resize", "multiscale") if getattr(aug, name)]
+    parts += [f"{name} {getattr(aug, name)}" for name in ("close_mosaic_epoch", "stop_epoch")
+              if getattr(aug, name) is not None]
+    return f"augment: preset {aug.preset}: " + (", ".join(parts) if parts else "nothing but data.hflip")
 
 
 def source_category_ids(category_ids: dict[str, list[int]], class_names: list[str]) -> list[int] | None:
@@ -270,16 +333,22 @@ def make_loader(dataset: Dataset, batch_size: int, data_cfg, *, shuffle: bool, n
 
 
 
-def make_train_loader(data, batch_size: int, data_cfg, seed: int, needs) -> DataLoader:
+def make_train_loader(data, batch_size: int, data_cfg, seed: int, needs, num_processes: int = 1) -> DataLoader:
     """The training dataloader: seeded random batches, or the batch sampler of ``data.sampler`` /
     ``data.group_by_aspect_ratio`` (class-balanced repeat factors, aspect-ratio groups). ``needs``
     is the detector (anything with ``uses_pixel_mask`` and ``pad_to_multiple``): without a pixel
-    mask, boxes are normalised by the padded canvas the model sees."""
+    mask, boxes are normalised by the padded canvas the model sees. With ``data.augment.multiscale``
+    the batches are tagged with their side (the same on all ``num_processes`` processes at a step)."""
     batch_sampler = None
     if data_cfg.sampler != "random" or data_cfg.group_by_aspect_ratio:
         batch_sampler = samplers.train_batch_sampler(
             data_cfg, samplers.image_classes(data.train.rows), samplers.image_sizes(data.train.rows),
             len(data.class_names), batch_size, seed)
+    aug = data.train.augment
+    if aug is not None and aug.multiscale:  # data.augment.multiscale: a side per batch, chosen with the batch
+        if batch_sampler is None:
+            batch_sampler = BatchSampler(EpochShuffle(len(data.train), seed), batch_size, drop_last=False)
+        batch_sampler = MultiScaleBatches(batch_sampler, aug.multiscale, seed, num_processes, aug.stop_epoch)
     return make_loader(data.train, batch_size, data_cfg, shuffle=True, normalize_by_canvas=not needs.uses_pixel_mask,
                        seed=seed, pad_to_multiple=needs.pad_to_multiple, batch_sampler=batch_sampler)
 

@@ -9,6 +9,8 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
 
+from hftrain.recipe.schema import resolve_augment
+
 
 def resolve_precision(mode: str) -> str:
     """``auto``: bf16 on CUDA devices that support it, fp16 on other CUDA devices, none on CPU."""
@@ -35,8 +37,11 @@ def cpu_threads(configured: int | None) -> int:
 
 
 def fixed_input_size(data_cfg) -> bool:
-    """Every training batch has the same image shape: square resize, no scale jitter."""
-    return data_cfg.resize == "square" and data_cfg.augment.scale_jitter == 0
+    """Every training batch has the same image shape: square resize, no scale jitter, no multi-scale or
+    random resize (``data.augment``, its preset resolved)."""
+    augment = resolve_augment(data_cfg.augment, data_cfg.min_size)
+    return (data_cfg.resize == "square" and augment.scale_jitter == 0 and not augment.multiscale
+            and not augment.random_resize)
 
 
 def apply_tf32(enabled: bool, capability: tuple[int, int] | None) -> str:

@@ -37,6 +37,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from hftrain.recipe.schema import resolve_augment
+
 INJECT_ENV = "HFTRAIN_TEST_OOM_ABOVE"
 PROBE_STEPS = 2
 
@@ -76,6 +78,9 @@ def smaller_micro_batch(batch_size: int) -> int:
 def worst_canvas(data_cfg, pad_to_multiple: int) -> tuple[int, int]:
     """The largest padded canvas the recipe's resize (and scale jitter) can give a batch."""
     side = data_cfg.min_size if data_cfg.resize == "square" else data_cfg.max_size
+    if data_cfg.resize == "square":  # data.augment.multiscale / random_resize: square sides past min_size
+        augment = resolve_augment(data_cfg.augment, data_cfg.min_size)
+        side = max([side, *augment.multiscale, *augment.random_resize])
     if data_cfg.augment.scale_jitter > 0:  # data.augment.scale_range above 1 grows images past the resize
         side = max(1, round(side * max(1.0, data_cfg.augment.scale_range[1])))
     side = -(-side // pad_to_multiple) * pad_to_multiple

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from hftrain.recipe.schema import Recipe, SplitConfig
+from hftrain.recipe.schema import AugmentConfig, Recipe, SplitConfig, resolve_augment
 
 
 def check_values(recipe: Recipe, problems: list[str]) -> None:
@@ -89,17 +89,7 @@ def _check_data(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"data.num_workers: must be 0 or more, got {recipe.data.num_workers}")
     if not 0.0 <= recipe.data.hflip <= 1.0:
         problems.append(f"data.hflip: must be a probability in [0, 1], got {recipe.data.hflip}")
-    augment = recipe.data.augment
-    for key in ("mosaic", "mixup", "scale_jitter", "min_visible"):
-        if not 0.0 <= getattr(augment, key) <= 1.0:
-            problems.append(f"data.augment.{key}: must be in [0, 1], got {getattr(augment, key)}")
-    if len(augment.scale_range) != 2 or not 0.0 < augment.scale_range[0] <= augment.scale_range[1]:
-        problems.append(f"data.augment.scale_range: must be [low, high] with 0 < low <= high, got {augment.scale_range}")
-    if augment.close_mosaic_epoch is not None and augment.close_mosaic_epoch < 1:
-        problems.append(f"data.augment.close_mosaic_epoch: must be an epoch number (from 1) or null, "
-                        f"got {augment.close_mosaic_epoch}")
-    if augment.min_box_size < 0:
-        problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
+    _check_augment(recipe.data.augment, recipe.data.min_size, problems)
     if recipe.data.cache_margin_gb < 0:
         problems.append(f"data.cache_margin_gb: must be 0 or more, got {recipe.data.cache_margin_gb}")
     if recipe.data.format == "yolo" and recipe.data.synthetic is None:
@@ -112,6 +102,41 @@ def _check_data(recipe: Recipe, problems: list[str]) -> None:
                 problems.append(f"data.{name}.labels: format yolo finds the label files from data.yaml "
                                 f"(data.{name}.images); leave labels unset")
     _check_splits(recipe, problems)
+
+
+def _check_augment(augment: AugmentConfig, min_size: int, problems: list[str]) -> None:
+    """``data.augment``: probabilities, ranges, side lists and epochs (a null field comes from the preset)."""
+    for key in ("mosaic", "mixup", "scale_jitter", "min_visible", "photometric", "zoom_out", "iou_crop", "size_crop",
+                "hsv", "affine", "translate", "affine_scale"):
+        value = getattr(augment, key)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"data.augment.{key}: must be in [0, 1], got {value}")
+    if augment.affine_scale is not None and augment.affine_scale >= 1.0:
+        problems.append(f"data.augment.affine_scale: must be below 1 (the scale is 1 +- it), got {augment.affine_scale}")
+    for key, low in (("scale_range", 0.0), ("zoom_out_range", 1.0 - 1e-9)):
+        pair = getattr(augment, key)
+        if len(pair) != 2 or not low < pair[0] <= pair[1]:
+            bound = "0 < low" if key == "scale_range" else "1 <= low"
+            problems.append(f"data.augment.{key}: must be [low, high] with {bound} <= high, got {pair}")
+    if len(augment.hsv_gains) != 3 or any(not 0.0 <= g <= 1.0 for g in augment.hsv_gains):
+        problems.append(f"data.augment.hsv_gains: must be [h, s, v] gains in [0, 1], got {augment.hsv_gains}")
+    for key in ("random_resize", "size_crop_resize", "multiscale"):
+        sides = getattr(augment, key)
+        if sides is not None and any(side < 1 for side in sides):
+            problems.append(f"data.augment.{key}: sides must be at least 1 pixel, got {sides}")
+    crop = augment.size_crop_range
+    if crop is not None and (len(crop) != 2 or not 1 <= crop[0] <= crop[1]):
+        problems.append(f"data.augment.size_crop_range: must be [min, max] with 1 <= min <= max, got {crop}")
+    resolved = resolve_augment(augment, max(1, min_size))
+    if resolved.size_crop and not (resolved.random_resize and resolved.size_crop_resize):
+        problems.append(f"data.augment.size_crop: DETR's size crop is a branch of the random resize; with preset "
+                        f"{augment.preset} data.augment.random_resize and size_crop_resize must be given too")
+    for key in ("close_mosaic_epoch", "stop_epoch"):
+        epoch = getattr(augment, key)
+        if epoch is not None and epoch < 1:
+            problems.append(f"data.augment.{key}: must be an epoch number (from 1) or null, got {epoch}")
+    if augment.min_box_size < 0:
+        problems.append(f"data.augment.min_box_size: must be 0 or more, got {augment.min_box_size}")
 
 
 def _check_splits(recipe: Recipe, problems: list[str]) -> None:

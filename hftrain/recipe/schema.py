@@ -63,36 +63,144 @@ class SyntheticConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation beyond the flip (``hftrain.data.augment``), on uint8 tensors. Every random
-    choice comes from the sample's (train.seed, epoch, index) generator, so a sample is the same in any
-    worker or process and after a resume. Order: mosaic, mixup, scale jitter, then ``data.hflip``.
-    Validation is never augmented."""
+    """Training augmentation beyond the flip (``hftrain.data.augment``, ``photometric``, ``geometric``,
+    ``multiscale``), on uint8 tensors. Every random choice comes from the sample's (train.seed, epoch,
+    index) generator, so a sample is the same in any worker or process and after a resume. Order: mosaic,
+    mixup, photometric distort, zoom-out, IoU crop, random resize / size crop, affine (one resample for
+    all the geometric ones, to the batch's multi-scale size when there is one), HSV, scale jitter, then
+    ``data.hflip``. Validation is never augmented.
 
-    mosaic: float = 0.0
+    A field left null takes its value from ``preset`` (:data:`AUGMENT_PRESETS`); a value in the recipe
+    wins over the preset's."""
+
+    preset: Literal["none", "rtdetr", "detr", "yolo"] = "none"
+    """Which official pipeline the null fields below follow. none: nothing beyond ``data.hflip`` (and what
+    the recipe sets), hftrain's behaviour before presets; rtdetr: RT-DETR/RT-DETRv2's (photometric distort
+    0.5, zoom-out 0.5, IoU crop 0.8, multi-scale 480-800 per batch); detr: DETR/Deformable DETR's
+    ``make_coco_transforms`` (random resize 480-800, or with probability 0.5 resize 400/500/600 + size crop
+    384-600 + random resize); yolo: ultralytics' (mosaic 1.0, HSV 0.015/0.7/0.4, affine translate 0.1
+    scale 0.5, mixup 0). The multi-scale and resize lists are the official ones at RT-DETR's 640 and
+    DETR's 800, scaled by data.min_size / 640 (rtdetr) or / 800 (detr) and rounded to multiples of 32."""
+    mosaic: float | None = None
     """Probability that a training sample is a mosaic: this image and three drawn at random, cut around a
     random centre (uniform in the middle half of each axis) onto one canvas of this image's resized size
     (``data.resize: square``: min_size x min_size; shortest_edge: this image's min_size/max_size size, so
     mosaics keep the size distribution of plain samples). Each image keeps its resized scale; gray (114)
-    where none reaches. Boxes are clipped to the visible part of their image (see ``min_box_size``)."""
-    mixup: float = 0.0
+    where none reaches. Boxes are clipped to the visible part of their image (see ``min_box_size``).
+    null: the preset's (yolo 1.0, others 0)."""
+    mixup: float | None = None
     """Probability that a sample is blended with another one built the same way (itself a mosaic with
     probability ``mosaic``): pixels r * this + (1 - r) * other, r ~ Beta(32, 32) as in ultralytics, the
-    boxes of both kept. The other is resized to this sample's size when they differ."""
+    boxes of both kept. The other is resized to this sample's size when they differ. null: the preset's (0:
+    ultralytics' default)."""
     scale_jitter: float = 0.0
-    """Probability that a sample (after mosaic and mixup) is rescaled by a factor drawn uniformly from
-    ``scale_range``, boxes with it; the collate pads each batch to its largest image."""
+    """Probability that a sample (after everything but the flip) is rescaled by a factor drawn uniformly
+    from ``scale_range``, boxes with it; the collate pads each batch to its largest image."""
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
     """[low, high] of the scale-jitter factor. Above 1, images (and memory) grow past data.min_size/max_size."""
     close_mosaic_epoch: int | None = None
     """The first epoch with mosaic and mixup off; they stay off to the end. An absolute epoch number as the
     loop counts and logs them (from 1, across phases), so it does not depend on knowing the run's length:
-    ultralytics' ``close_mosaic: 10`` (off for the last 10 epochs) in a 150-epoch run is 141. null: never."""
+    ultralytics' ``close_mosaic: 10`` (off for the last 10 epochs) in a 150-epoch run is 141. null: never.
+    The other operations go on (as in ultralytics); ``stop_epoch`` stops them all."""
+    stop_epoch: int | None = None
+    """The first epoch with every operation of this section off (mosaic, mixup, photometric, zoom-out, IoU
+    crop, random resize and size crop, affine, HSV, scale jitter, multi-scale): the samples are the resized
+    images, flipped with ``data.hflip``, to the end. RT-DETR's ``stop_epoch`` (0-based there: its 71 of 72
+    epochs is 72 here). An absolute epoch number like close_mosaic_epoch; null: never."""
+    photometric: float | None = None
+    """RT-DETR's RandomPhotometricDistort (torchvision v2's): each of brightness (x0.875-1.125), contrast
+    (0.5-1.5), saturation (0.5-1.5), hue (+-0.05 turn) and a channel permutation is applied with this
+    probability, contrast before or after saturation and hue at random. Composed into one 3x3 colour matrix
+    (hue: a rotation about the gray axis in YIQ) applied once and clamped once. null: the preset's (rtdetr 0.5)."""
+    zoom_out: float | None = None
+    """Probability of torchvision's RandomZoomOut: the image placed at a random spot of a canvas
+    ``zoom_out_range`` times its sides, filled with 0; boxes kept. null: the preset's (rtdetr 0.5)."""
+    zoom_out_range: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    """[low, high] of the zoom-out canvas side factor (torchvision's side_range)."""
+    iou_crop: float | None = None
+    """Probability of torchvision v2's RandomIoUCrop (min_scale 0.3, aspect 0.5-2, minimum IoU drawn from
+    0, 0.1, 0.3, 0.5, 0.7, 0.9 or leave as is, 40 trials; boxes whose centre falls outside are dropped,
+    the others clipped, then those under 1 pixel). null: the preset's (rtdetr 0.8)."""
+    random_resize: list[int] | None = None
+    """DETR's RandomResize: each sample's shorter side drawn from this list (longer side at most
+    data.max_size; data.resize: square gives side x side). Empty: off. null: the preset's (detr 480, 512,
+    ..., 800)."""
+    size_crop: float | None = None
+    """DETR's RandomSelect: with this probability, resize the shorter side to one of ``size_crop_resize``,
+    crop a random region of ``size_crop_range`` sides (RandomSizeCrop), then the random resize. null: the
+    preset's (detr 0.5)."""
+    size_crop_resize: list[int] | None = None
+    """Shorter sides of the resize before the size crop. null: the preset's (detr 400, 500, 600)."""
+    size_crop_range: list[int] | None = None
+    """[min, max] side of DETR's RandomSizeCrop. null: the preset's (detr [384, 600])."""
+    hsv: float | None = None
+    """Probability of ultralytics' HSV jitter: hue, saturation and value multiplied by 1 + U(-g, g) with
+    the ``hsv_gains`` g (hue modulo the circle, the others clipped). null: the preset's (yolo 1.0)."""
+    hsv_gains: list[float] = field(default_factory=lambda: [0.015, 0.7, 0.4])
+    """[h, s, v] gains (ultralytics' hsv_h, hsv_s, hsv_v)."""
+    affine: float | None = None
+    """Probability of ultralytics' random_perspective without rotation, shear or perspective: scale by
+    U(1 - affine_scale, 1 + affine_scale) about the centre, translate by U(-translate, translate) of each
+    side, same output size, gray (114) where the image does not reach. Boxes are clipped and kept by
+    ultralytics' box_candidates (over 2 pixels each side, over 10% of their scaled area, aspect under 100).
+    null: the preset's (yolo 1.0)."""
+    translate: float = 0.1
+    """Affine translation, a fraction of each side (ultralytics' translate)."""
+    affine_scale: float = 0.5
+    """Affine scale range (ultralytics' scale)."""
+    multiscale: list[int] | None = None
+    """RT-DETR's multi-scale training: each batch's images are made this many pixels (square resize: side x
+    side; shortest_edge: the shorter side, longer at most data.max_size) with a side drawn per batch from
+    (train.seed, epoch, step): the same on every process for a given step and after a resume. The resize
+    is the sample's one resample (with its zoom-out and crop), not a second pass in the collate. Empty:
+    off. null: the preset's (rtdetr 480, 512, ..., 800 with 640 thrice)."""
     min_box_size: float = 2.0
     """Mosaic: a box cut by the canvas edge or the centre lines is dropped when its visible part is narrower
     or lower than this many pixels..."""
     min_visible: float = 0.1
     """...or shows less than this fraction of the box's area. Dropped boxes are counted, never silent
-    (``boxes_dropped`` in the train records of metrics.jsonl)."""
+    (``boxes_dropped`` in the train records of metrics.jsonl); so are the boxes that the crops, the
+    zoom-out and the affine drop."""
+
+
+RTDETR_SCALES = [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800]
+"""RT-DETR's multi-scale sides (``rtdetrv2_pytorch/configs/rtdetrv2/include/dataloader.yml``), at its 640."""
+DETR_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+"""DETR's random-resize shorter sides (``datasets/coco.py``), at its 800."""
+
+AUGMENT_PRESETS: dict[str, dict] = {
+    "none": {"mosaic": 0.0, "mixup": 0.0, "photometric": 0.0, "zoom_out": 0.0, "iou_crop": 0.0, "random_resize": [],
+             "size_crop": 0.0, "size_crop_resize": [], "size_crop_range": [384, 600], "hsv": 0.0, "affine": 0.0,
+             "multiscale": []},
+    "rtdetr": {"photometric": 0.5, "zoom_out": 0.5, "iou_crop": 0.8, "multiscale": ("rtdetr", RTDETR_SCALES)},
+    "detr": {"random_resize": ("detr", DETR_SCALES), "size_crop": 0.5, "size_crop_resize": ("detr", [400, 500, 600]),
+             "size_crop_range": ("detr", [384, 600])},
+    "yolo": {"mosaic": 1.0, "mixup": 0.0, "hsv": 1.0, "affine": 1.0},
+}
+"""The values each preset gives the null fields of :class:`AugmentConfig` (the ``none`` entry fills what a
+preset leaves out). A ``(family, sides)`` pair is a list of sides at the family's reference size
+(:data:`PRESET_REFERENCE_SIZE`), scaled to data.min_size."""
+
+PRESET_REFERENCE_SIZE = {"rtdetr": 640, "detr": 800}
+"""The data.min_size at which each family's official lists apply as they are."""
+
+
+def resolve_augment(augment: AugmentConfig, min_size: int) -> AugmentConfig:
+    """``augment`` with every null field set from its preset (lists scaled to ``min_size``); idempotent."""
+    from dataclasses import replace
+
+    values = {**AUGMENT_PRESETS["none"], **AUGMENT_PRESETS[augment.preset]}
+    filled = {}
+    for key, value in values.items():
+        if getattr(augment, key) is not None:
+            continue  # the recipe's own value wins
+        if isinstance(value, tuple):  # sides at the family's reference size
+            family, sides = value
+            ratio = min_size / PRESET_REFERENCE_SIZE[family]
+            value = [side if ratio == 1 else max(32, round(side * ratio / 32) * 32) for side in sides]
+        filled[key] = list(value) if isinstance(value, list) else value
+    return replace(augment, **filled) if filled else augment
 
 
 @dataclass
@@ -118,7 +226,8 @@ class DataConfig:
     hflip: float = 0.5
     """Probability of a horizontal flip during training."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Mosaic, mixup, scale jitter and when mosaic stops (all off by default)."""
+    """Training augmentation: a preset (rtdetr | detr | yolo | none, the default: only the flip) and its
+    individual operations and probabilities."""
     jpeg_draft: bool = True
     """Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the resized image is at
     most half its size on both axes, then resize from there: several times less decoding work.

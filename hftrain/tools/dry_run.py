@@ -287,6 +287,8 @@ def dry_run_recipe(recipe: Recipe, work_dir: Path) -> tuple[Recipe, list[str]]:
     augment = getattr(data, "augment", None)
     if augment is not None and augment.close_mosaic_epoch is not None:  # reach the closing epoch
         data = replace(data, augment=replace(augment, close_mosaic_epoch=2 if not recipe.phases else len(recipe.phases)))
+    if augment is not None and augment.stop_epoch is not None:  # reach data.augment.stop_epoch (the last epoch)
+        data = replace(data, augment=replace(data.augment, stop_epoch=2 if not recipe.phases else len(recipe.phases)))
     batch = TRAIN_IMAGES_PER_STEP
     cpu_threads = recipe.train.cpu_threads
     if cpu_threads is not None and cpu_threads > (os.cpu_count() or 1):  # more threads than cores only contend

@@ -20,7 +20,7 @@ from hftrain.data.epoch_sampler import Draw
 from hftrain.data.loader import DetectionDataset, make_loader
 from hftrain.data.sources import load_split
 from hftrain.data.transforms import Resize, flip_horizontal
-from hftrain.recipe import AugmentConfig, DataConfig, RecipeError, load_recipe
+from hftrain.recipe import AugmentConfig, DataConfig, RecipeError, load_recipe, resolve_augment
 from hftrain.data.samplers import RepeatFactorSampler
 from hftrain.train import train
 
@@ -294,7 +294,8 @@ def test_recipe_range_checks_name_the_augment_key(tmp_path):
         assert key in str(err.value)
     good = load_recipe(path, ["data.augment.mosaic=0.5", "data.augment.close_mosaic_epoch=141"], check_paths=False)
     assert good.data.augment.mosaic == 0.5 and good.data.augment.close_mosaic_epoch == 141
-    assert good.data.augment.mixup == 0.0 and good.data.hflip == 0.5  # defaults: only the flip
+    assert good.data.augment.mixup is None and good.data.augment.preset == "none"  # null: from the preset...
+    assert resolve_augment(good.data.augment, good.data.min_size).mixup == 0.0 and good.data.hflip == 0.5  # ...only the flip
 
 
 def test_tiny_training_with_mosaic_mixup_and_jitter(tmp_path, shapes_dir):

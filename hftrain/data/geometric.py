@@ -240,10 +240,13 @@ def clip_and_filter(boxes_xyxy: torch.Tensor, size_wh: tuple[float, float], min_
 # ---------------------------------------------------------------------------- pixels
 
 
-def render(sample: dict, view: View, size: tuple[int, int]) -> dict:
+def render(sample: dict, view: View, size: tuple[int, int], colour=None) -> dict:
     """The view's window of the sample's image resized to ``size`` (height, width) in one antialiased
     uint8 resample of the part inside the image (``view.fill`` elsewhere); boxes mapped to the output,
-    clipped, filtered (box_candidates after an affine, at least 1 pixel otherwise) and the dropped counted."""
+    clipped, filtered (box_candidates after an affine, at least 1 pixel otherwise) and the dropped counted.
+    ``colour`` (a function of uint8 pixels): applied to the resized image part before it is pasted, so the
+    fill keeps its value (as a photometric distort before the zoom-out) at the cost of the output's pixels."""
+    colour = colour or (lambda pixels: pixels)
     pixels = sample["pixel_values"]
     _, ih, iw = pixels.shape
     oh, ow = size
@@ -254,7 +257,7 @@ def render(sample: dict, view: View, size: tuple[int, int]) -> dict:
     kept, mask, dropped = clip_and_filter(boxes, (ow, oh), keep=None, candidates=view.candidates)
     inside = view.x0 >= 0 and view.y0 >= 0 and view.x1 <= iw and view.y1 <= ih
     if inside:
-        out = resize(pixels[:, view.y0:view.y1, view.x0:view.x1], (oh, ow))
+        out = colour(resize(pixels[:, view.y0:view.y1, view.x0:view.x1], (oh, ow)))
     else:
         out = torch.full((oh, ow, 3), view.fill, dtype=torch.uint8).permute(2, 0, 1)  # channels-last like the loads
         ix0, iy0, ix1, iy1 = max(0, view.x0), max(0, view.y0), min(iw, view.x1), min(ih, view.y1)
@@ -262,7 +265,7 @@ def render(sample: dict, view: View, size: tuple[int, int]) -> dict:
             dx0, dx1 = (min(ow, max(0, round((v - view.x0) * fx))) for v in (ix0, ix1))
             dy0, dy1 = (min(oh, max(0, round((v - view.y0) * fy))) for v in (iy0, iy1))
             if dx1 > dx0 and dy1 > dy0:
-                out[:, dy0:dy1, dx0:dx1] = resize(pixels[:, iy0:iy1, ix0:ix1], (dy1 - dy0, dx1 - dx0))
+                out[:, dy0:dy1, dx0:dx1] = colour(resize(pixels[:, iy0:iy1, ix0:ix1], (dy1 - dy0, dx1 - dx0)))
     return {**sample, "pixel_values": out, "boxes": to_xywh(kept), "class_labels": sample["class_labels"][mask],
             "boxes_dropped": sample.get("boxes_dropped", 0) + dropped}
 

@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
 from hftrain.data import geometric
 from hftrain.data.multiscale import MultiScaleBatches
-from hftrain.data.photometric import hsv_jitter, hsv_params, photometric_distort, photometric_params
+from hftrain.data.photometric import gray_mean, hsv_jitter, hsv_params, photometric_distort, photometric_params
 from hftrain.recipe.schema import resolve_augment
 from hftrain.data.blacklist import size_mismatch
 from hftrain.data.collate import Collate
@@ -73,9 +73,12 @@ class DetectionDataset(Dataset):
         aug = self.augment
         on = aug is not None and (aug.stop_epoch is None or epoch is None or epoch < aug.stop_epoch)
         mixing = on and (aug.close_mosaic_epoch is None or epoch is None or epoch < aug.close_mosaic_epoch)
-        sample = self.compose(index, rng, mixing)  # a mosaic (data.augment.mosaic) or the image as loaded
+        # without a RAM cache, a sample that goes through the geometric operations is loaded as decoded (not
+        # resized): their one resample to the output size is then the only one (hftrain.data.geometric)
+        native = on and self.cache is None and (side is not None or self.moves_pixels)
+        sample = self.compose(index, rng, mixing, native)  # a mosaic (data.augment.mosaic) or the image as loaded
         if mixing and aug.mixup > 0 and rng.random() < aug.mixup:  # data.augment.mixup
-            other = self.compose(self.other_index(index, rng), rng, mixing)
+            other = self.compose(self.other_index(index, rng), rng, mixing, native)
             sample = mixup(sample, other, rng.betavariate(MIXUP_BETA, MIXUP_BETA))
         if on:  # data.augment: photometric, zoom-out, IoU crop, random resize / size crop, affine, HSV, multi-scale
             sample = self.reshape(sample, rng, side)
@@ -91,10 +94,15 @@ class DetectionDataset(Dataset):
         rendered once to the output size (the batch's multi-scale ``side``, DETR's random resize, or the
         recipe's resize of the view), then the HSV jitter. Draws nothing for an operation that is off."""
         aug = self.augment
+        colour = None
         if aug.photometric > 0:  # RT-DETR's RandomPhotometricDistort (each part with this probability)
             params = photometric_params(rng, aug.photometric)
-            sample = {**sample, "pixel_values": photometric_distort(sample["pixel_values"], params)}
+            mean = gray_mean(sample["pixel_values"]) if params["contrast"] is not None else None
+            colour = lambda pixels: photometric_distort(pixels, params, mean)  # noqa: E731  (applied in the render)
         view = geometric.View.whole(sample["pixel_values"])
+        if "loaded_size" in sample:  # loaded as decoded: the view is the resized image the operations expect
+            loaded_h, loaded_w = sample.pop("loaded_size")
+            view = replace(view, width=float(loaded_w), height=float(loaded_h))
         out_size = None
         if aug.zoom_out > 0 and rng.random() < aug.zoom_out:  # RandomZoomOut, fill 0
             view = geometric.zoom_out(view, rng.uniform(*aug.zoom_out_range), rng.random(), rng.random())
@@ -111,10 +119,12 @@ class DetectionDataset(Dataset):
                                     rng.uniform(0.5 - t, 0.5 + t), rng.uniform(0.5 - t, 0.5 + t))
         if side is not None:  # data.augment.multiscale: this batch's side
             out_size = self.side_size(view, side)
-        elif out_size is None:
-            out_size = self.resize.output_size(*view.size())
+        elif out_size is None:  # the recipe's resize of what the operations left (the loaded size if nothing)
+            out_size = view.size() if view.is_whole(sample["pixel_values"]) else self.resize.output_size(*view.size())
         if not view.is_whole(sample["pixel_values"]) or tuple(out_size) != tuple(sample["pixel_values"].shape[1:]):
-            sample = geometric.render(sample, view, out_size)
+            sample = geometric.render(sample, view, out_size, colour)  # the colour on the image's part only
+        elif colour is not None:
+            sample = {**sample, "pixel_values": colour(sample["pixel_values"])}
         if aug.hsv > 0 and rng.random() < aug.hsv:  # ultralytics' augment_hsv
             sample = {**sample, "pixel_values": hsv_jitter(sample["pixel_values"], hsv_params(rng, aug.hsv_gains))}
         return sample
@@ -126,16 +136,24 @@ class DetectionDataset(Dataset):
             return side, side
         return geometric.shortest_side_size(view, side, self.resize.max_size)
 
-    def compose(self, index: int, rng, mixing: bool) -> dict:
-        """Image ``index`` as loaded or, with probability data.augment.mosaic while ``mixing``, a mosaic of
-        it and three other images drawn from ``rng`` on a canvas of its own resized size."""
+    @property
+    def moves_pixels(self) -> bool:
+        """data.augment has a geometric operation that renders the sample (zoom-out, IoU crop, random
+        resize, affine)."""
+        aug = self.augment
+        return aug is not None and bool(aug.zoom_out or aug.iou_crop or aug.random_resize or aug.affine)
+
+    def compose(self, index: int, rng, mixing: bool, native: bool = False) -> dict:
+        """Image ``index`` as loaded (``native``: as decoded, see :meth:`load`) or, with probability
+        data.augment.mosaic while ``mixing``, a mosaic of it and three other images drawn from ``rng`` on a
+        canvas of its own resized size."""
         aug = self.augment
         if mixing and aug.mosaic > 0 and rng.random() < aug.mosaic:
             tiles = [self.load(index)] + [self.load(self.other_index(index, rng)) for _ in range(3)]
             centre = (rng.uniform(*MOSAIC_CENTRE), rng.uniform(*MOSAIC_CENTRE))
             size = tuple(tiles[0]["pixel_values"].shape[1:])
             return mosaic(tiles, size, centre, aug.min_box_size, aug.min_visible)
-        return self.load(index)
+        return self.load(index, native)
 
     def other_index(self, index: int, rng) -> int:
         """An image other than ``index`` drawn uniformly (``index`` itself in a one-image dataset)."""
@@ -144,10 +162,12 @@ class DetectionDataset(Dataset):
         other = rng.randrange(len(self) - 1)
         return other + (other >= index)
 
-    def load(self, index: int) -> dict:
+    def load(self, index: int, native: bool = False) -> dict:
         """Image ``index`` decoded and resized to the recipe's size (uint8 (3, H, W)), with its
-        training boxes (absolute xywh in the resized frame) and labels; no augmentation."""
-        failed, cached = 0, None
+        training boxes (absolute xywh in the resized frame) and labels; no augmentation. ``native`` (no
+        RAM cache): the image as decoded (JPEG draft scale included), boxes in its frame, and
+        ``loaded_size``, the (height, width) the resize would have given, for a later single resample."""
+        failed, cached, extra = 0, None, {}
         for attempt in range(len(self.rows)):  # a broken image is replaced by the next one that decodes
             position = (index + attempt) % len(self.rows)
             row = self.rows[position]
@@ -165,6 +185,11 @@ class DetectionDataset(Dataset):
         labels = np.asarray(objects["category"], dtype=np.int64).reshape(-1)[train]
         if cached is not None:
             pixels, boxes = cached, resize_boxes(boxes, (row["height"], row["width"]), tuple(cached.shape[1:]))
+        elif native:
+            image, source_size = decoded
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) view of HWC
+            boxes = resize_boxes(boxes, (row["height"], row["width"]), tuple(pixels.shape[1:]))
+            extra = {"loaded_size": self.resize.output_size(*source_size)}
         else:
             image, source_size = decoded
             pixels, boxes = prepare_image(
@@ -172,7 +197,7 @@ class DetectionDataset(Dataset):
             )
             if self.cache is not None:
                 self.cache.put(position, pixels)
-        return {
+        return {**extra,
             "pixel_values": pixels,
             "boxes": boxes,
             "class_labels": torch.from_numpy(labels),

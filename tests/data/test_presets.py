@@ -48,7 +48,9 @@ def split(tmp_path_factory):
 
 
 def dataset(split, hflip=0.0, seed=0, **augment) -> DetectionDataset:
-    return DetectionDataset(split, Resize(SIDE, SIDE, square=True), hflip=hflip, seed=seed, augment=AugmentConfig(**augment))
+    # resized to 40 x 40: a sample that goes through the geometric operations is loaded as decoded (64 x 64)
+    # and resampled once, its boxes mapped from the decoded frame
+    return DetectionDataset(split, Resize(40, 40, square=True), hflip=hflip, seed=seed, augment=AugmentConfig(**augment))
 
 
 def test_presets_resolve_and_explicit_values_win():
@@ -103,6 +105,8 @@ def test_preset_samples_are_deterministic_and_boxes_lie_on_their_objects(split, 
             _, h, w = a["pixel_values"].shape
             if preset == "rtdetr":
                 assert (h, w) == (48, 48)  # the batch's side
+            elif preset == "yolo":
+                assert (h, w) == (40, 40)  # the recipe's size (affine and mosaic keep it)
             for x, y, bw, bh in a["boxes"].tolist():
                 assert x >= 0 and y >= 0 and x + bw <= w + 1e-4 and y + bh <= h + 1e-4 and bw >= 1 and bh >= 1
                 if bw >= 6 and bh >= 6:

@@ -99,6 +99,8 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
                           "precision": accelerator.mixed_precision}, run.state.step)
     run.pictures.label_statistics(data.train)  # plots/label_stats.png, drawn in the background
+    run.pictures.train_batch(data, phase_at(run.phases, start_epoch).batch_size, recipe.data, recipe.train.seed,
+                             detector, start_epoch)  # plots.train_batch: this epoch's first batches, from a loader of their own
     return fit(run, start_epoch, exit_code)
 
 

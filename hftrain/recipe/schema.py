@@ -347,6 +347,12 @@ class PlotsConfig:
     """Validation images in the prediction grid: the first this many of the validation set (0: no grid)."""
     score_threshold: float = 0.3
     """Predictions drawn in the grid score at least this."""
+    train_batch: bool = True
+    """With ``enabled``: draw ``plots/train_batch.png`` at the start of training (PIL only, in the background):
+    the first 16 training images of the epoch the run starts in, exactly as the model receives them (augmented,
+    padded, uint8 before normalisation) with the boxes the loss gets and their class names, taken from a
+    loader of its own with the run's seed and epoch (the run's order is untouched).
+    ``hftrain check-sampler RECIPE --pictures`` draws it without training."""
 
 
 @dataclass

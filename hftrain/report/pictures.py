@@ -1,6 +1,7 @@
 """What a run directory shows besides numbers, drawn while the run trains.
 
-At the start: ``plots/label_stats.png`` (the training labels). After each evaluation:
+At the start: ``plots/label_stats.png`` (the training labels) and ``plots/train_batch.png`` (the first
+training images of the epoch as the model receives them, ``hftrain.report.train_batch``). After each evaluation:
 ``results.csv`` (one row per evaluation), the plots of ``hftrain.report.plots`` rebuilt from
 ``metrics.jsonl``, ``plots/pr_curves.png`` from the evaluator's precision array, and
 ``plots/predictions.png``, a grid of the first ``plots.images`` validation images with their
@@ -23,6 +24,7 @@ import numpy as np
 
 from hftrain.report import draw
 from hftrain.report import plots
+from hftrain.report import train_batch as batch_picture
 from hftrain.data.decode import decode_image
 from hftrain.data.schema import objects_of, resolve_image_path
 from hftrain.report.history import read_history, write_results_csv
@@ -64,6 +66,14 @@ class RunPictures:
         if self.active and self.matplotlib:
             self.worker.submit(self._guard, "label statistics", self._label_statistics, train_dataset)
 
+    def train_batch(self, data, batch_size: int, data_cfg, seed: int, needs, epoch: int) -> None:
+        """Queue ``plots/train_batch.png``: the first batches of ``epoch`` from a training loader of its
+        own, built like the run's (:func:`hftrain.report.train_batch.loader_like_training`); ``needs``:
+        the detector (its collate settings, and what it takes the boxes relative to)."""
+        if self.active and self.cfg.enabled and self.cfg.train_batch:
+            self.worker.submit(self._guard, "training batch picture", self._train_batch, data, batch_size, data_cfg,
+                               seed, needs, epoch)
+
     def after_eval(self, epoch: int, step: int, evaluator) -> None:
         """Queue results.csv, the plots and the prediction grid for this evaluation."""
         if not self.active:
@@ -95,6 +105,13 @@ class RunPictures:
     def _label_statistics(self, train_dataset) -> None:
         stats = plots.label_statistics(train_dataset.rows, self.class_names)
         plots.plot_label_statistics(stats, self.plots_dir / "label_stats.png")
+
+    def _train_batch(self, data, batch_size: int, data_cfg, seed: int, needs, epoch: int) -> None:
+        loader = batch_picture.loader_like_training(data, batch_size, data_cfg, seed, needs)
+        batches = batch_picture.first_batches(loader, epoch)
+        grid = batch_picture.batch_grid(batches, self.class_names, needs.uses_pixel_mask, epoch,
+                                      processes=self.accelerator.num_processes)
+        batch_picture.save_png(grid, self.plots_dir / batch_picture.FILE)
 
     def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict) -> None:
         history = self._guard("reading metrics.jsonl", read_history, self.run_dir)

@@ -93,18 +93,27 @@ def loss_boxes(batch: dict, uses_pixel_mask: bool) -> list[tuple[np.ndarray, np.
     return out
 
 
-def panel_origin(index: int, columns: int = COLUMNS, cell: int = draw.CELL) -> tuple[int, int]:
-    """Top-left pixel of image ``index``'s panel (its canvas' top-left corner)."""
+def panel_height(batches: list[dict], cell: int = draw.CELL) -> int:
+    """Height of every panel: that of the tallest canvas scaled to ``cell`` on its longer side (less
+    than ``cell`` when all canvases are landscape)."""
+    return max(round(cell * min(1.0, b["pixel_values"].shape[-2] / b["pixel_values"].shape[-1])) for b in batches)
+
+
+def panel_origin(index: int, columns: int = COLUMNS, cell: int = draw.CELL, height: int | None = None) -> tuple[int, int]:
+    """Top-left pixel of image ``index``'s panel (its canvas' top-left corner); ``height``: of a panel
+    (:func:`panel_height`; ``cell`` by default)."""
     row, col = divmod(index, columns)
-    return draw.GAP + col * (cell + draw.GAP), HEADER + draw.GAP + row * (cell + draw.TITLE + draw.GAP) + draw.TITLE
+    height = cell if height is None else height
+    return draw.GAP + col * (cell + draw.GAP), HEADER + draw.GAP + row * (height + draw.TITLE + draw.GAP) + draw.TITLE
 
 
-def render_panel(pixels, mask, boxes, labels, class_names: list[str], cell: int = draw.CELL) -> Image.Image:
-    """One ``cell`` x ``cell`` panel: the canvas (uint8 (3, H, W)) scaled so its longer side is ``cell``,
+def render_panel(pixels, mask, boxes, labels, class_names: list[str], cell: int = draw.CELL,
+                 height: int | None = None) -> Image.Image:
+    """One ``cell`` x ``height`` panel: the canvas (uint8 (3, H, W)) scaled so its longer side is ``cell``,
     padding (``mask`` False) hatched, boxes (canvas xyxy) outlined and named in their class's colour."""
-    _, height, width = pixels.shape
-    scale = draw.panel_scale((width, height), cell)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    _, canvas_h, canvas_w = pixels.shape
+    scale = draw.panel_scale((canvas_w, canvas_h), cell)
+    size = (max(1, round(canvas_w * scale)), max(1, round(canvas_h * scale)))
     image = Image.fromarray(pixels.permute(1, 2, 0).numpy()).resize(size, Image.BILINEAR)
     padding = np.asarray(Image.fromarray(~mask.numpy()).resize(size, Image.NEAREST))
     if padding.any():
@@ -113,7 +122,7 @@ def render_panel(pixels, mask, boxes, labels, class_names: list[str], cell: int 
         shown = np.array(image)
         shown[ys, xs] = np.array(HATCH, dtype=np.uint8)[stripes]
         image = Image.fromarray(shown)
-    panel = Image.new("RGB", (cell, cell), draw.BACKGROUND)
+    panel = Image.new("RGB", (cell, cell if height is None else height), draw.BACKGROUND)
     panel.paste(image, (0, 0))
     names = [class_names[c] if 0 <= c < len(class_names) else f"class {c}" for c in labels.tolist()]
     draw.draw_boxes(panel, boxes.tolist(), [draw.class_colour(int(c)) for c in labels], names, scale,
@@ -124,8 +133,8 @@ def render_panel(pixels, mask, boxes, labels, class_names: list[str], cell: int 
 def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: bool, epoch: int,
                images: int | None = IMAGES, processes: int = 1, columns: int = COLUMNS,
                cell: int = draw.CELL) -> Image.Image:
-    """The picture: the first ``images`` images (None: all) of ``batches``, ``columns`` panels a row,
-    each captioned with its batch, image id, canvas size and box count, under two lines saying what is shown."""
+    """The picture: the first ``images`` images (None: all) of ``batches``, ``columns`` panels a row
+    (:func:`panel_origin`, :func:`panel_height`), each captioned with its batch, image id, canvas size and box count, under two lines saying what is shown."""
     panels = [(number, i, batch) for number, batch in enumerate(batches, 1) for i in range(batch["images"])]
     panels = panels[:images] if images is not None else panels
     if not panels:
@@ -140,7 +149,8 @@ def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: boo
              f"padding hatched; boxes read back from the loss's labels (normalised cxcywh, relative to {reference})"
              + (f"; batch k trains on process (k - 1) mod {processes}" if processes > 1 else "")]
     width = max(draw.GAP + columns * (cell + draw.GAP), 2 * draw.GAP + math.ceil(max(font.getlength(s) for s in lines)))
-    grid = Image.new("RGB", (width, HEADER + draw.GAP + rows * (cell + draw.TITLE + draw.GAP)), draw.BACKGROUND)
+    height = panel_height([batch for _, _, batch in panels], cell)
+    grid = Image.new("RGB", (width, HEADER + draw.GAP + rows * (height + draw.TITLE + draw.GAP)), draw.BACKGROUND)
     pen = ImageDraw.Draw(grid)
     for n, line in enumerate(lines):
         pen.text((draw.GAP, 3 + 15 * n), line, fill=(230, 230, 230), font=font)
@@ -149,10 +159,11 @@ def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: boo
         if number not in boxes_of:
             boxes_of[number] = loss_boxes(batch, uses_pixel_mask)
         boxes, labels = boxes_of[number][i]
-        x, y = panel_origin(index, columns, cell)
-        grid.paste(render_panel(batch["pixel_values"][i], batch["pixel_mask"][i], boxes, labels, class_names, cell), (x, y))
-        height, width = batch["pixel_values"].shape[-2:]
-        caption = f"batch {number} #{i + 1}: image {int(batch['image_ids'][i])}, {height}x{width}, {len(labels)} box(es)"
+        x, y = panel_origin(index, columns, cell, height)
+        grid.paste(render_panel(batch["pixel_values"][i], batch["pixel_mask"][i], boxes, labels, class_names, cell, height),
+                   (x, y))
+        canvas_h, canvas_w = batch["pixel_values"].shape[-2:]
+        caption = f"batch {number} #{i + 1}: image {int(batch['image_ids'][i])}, {canvas_h}x{canvas_w}, {len(labels)} box(es)"
         pen.text((x + 2, y - draw.TITLE + 3), caption, fill=(230, 230, 230), font=font)
     return grid
 

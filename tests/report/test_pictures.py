@@ -11,20 +11,24 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import tiny_recipe, write_recipe
 from hftrain.report import draw
 from hftrain.report import plots
+from hftrain.report import train_batch
 from hftrain.cli import main as cli_main
+from hftrain.engine import loop
 from hftrain.report.history import read_history
 from hftrain.recipe import load_recipe
 from hftrain.tools.report import duration
 from hftrain.train import train
 
 PICTURES = ["label_stats.png", "loss.png", "lr.png", "grad_norm.png", "timing.png", "metrics.png",
-            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png"]
+            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png", "train_batch.png"]
 
 
 def train_quietly(tmp, shapes_dir, name, overrides=(), **sections):
@@ -111,6 +115,45 @@ def test_prediction_grid_draws_the_ground_truth_where_the_labels_say(pictured, s
             assert off < 0.5, (entry["id"], ann["bbox"], off)
             checked += 1
     assert checked >= 8
+
+
+def test_train_batch_shows_the_batches_training_used_and_changes_nothing(pictured, tmp_path, shapes_dir, monkeypatch):
+    """The same run without the picture trains on the same batches to the same weights (the picture's own
+    loader takes nothing from the run's order or random streams), and the picture is exactly the first four
+    batches (16 images) that run's training steps received."""
+    run_dir, _ = pictured
+    received = []
+    step = loop.train_step
+
+    def recording(run, batch, trainable):
+        if run.state.epoch == 1 and len(received) < 4:
+            received.append({k: v.clone() if hasattr(v, "clone") else v for k, v in batch.items()})
+        return step(run, batch, trainable)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    other, _ = train_quietly(tmp_path, shapes_dir, "run_d", overrides=["plots.enabled=false"], train={"epochs": 2},
+                             eval={"during_training": False})  # the other pictures and the first evaluation: time only
+    assert not (other / "plots" / train_batch.FILE).exists()
+    losses = [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "step"]
+    assert losses == [(r["step"], r["loss"]) for r in map(json.loads, (other / "metrics.jsonl").read_text().splitlines())
+                      if r["type"] == "step"]
+    ours, theirs = load_file(run_dir / "model" / "model.safetensors"), load_file(other / "model" / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    class_names = [c["name"] for c in sorted(json.loads((shapes_dir / "train.json").read_text())["categories"],
+                                             key=lambda c: c["id"])]
+    expected = train_batch.batch_grid(received, class_names, uses_pixel_mask=False, epoch=1)  # RT-DETR: by the canvas
+    with Image.open(run_dir / "plots" / train_batch.FILE) as drawn:
+        assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected))
+
+
+def test_check_sampler_pictures_draw_what_training_drew(pictured, tmp_path, capsys):
+    run_dir, _ = pictured
+    out = tmp_path / "check.png"
+    assert cli_main(["check-sampler", str(run_dir / "recipe.yaml"), "--batches", "4", "--pictures", str(out)]) == 0
+    assert f"pictures: {out} (16 images of the first 4 batch(es) of epoch 1" in capsys.readouterr().out
+    with Image.open(out) as checked, Image.open(run_dir / "plots" / train_batch.FILE) as drawn:
+        assert np.array_equal(np.asarray(checked.convert("RGB")), np.asarray(drawn.convert("RGB")))
 
 
 def test_results_csv_matches_metrics_jsonl(pictured):

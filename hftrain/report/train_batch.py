@@ -99,7 +99,8 @@ def panel_height(batches: list[dict], cell: int = draw.CELL) -> int:
     return max(round(cell * min(1.0, b["pixel_values"].shape[-2] / b["pixel_values"].shape[-1])) for b in batches)
 
 
-def panel_origin(index: int, columns: int = COLUMNS, cell: int = draw.CELL, height: int | None = None) -> tuple[int, int]:
+def panel_origin(index: int, columns: int = COLUMNS, cell: int = draw.CELL,
+                 height: int | None = None) -> tuple[int, int]:
     """Top-left pixel of image ``index``'s panel (its canvas' top-left corner); ``height``: of a panel
     (:func:`panel_height`; ``cell`` by default)."""
     row, col = divmod(index, columns)
@@ -134,7 +135,8 @@ def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: boo
                images: int | None = IMAGES, processes: int = 1, columns: int = COLUMNS,
                cell: int = draw.CELL) -> Image.Image:
     """The picture: the first ``images`` images (None: all) of ``batches``, ``columns`` panels a row
-    (:func:`panel_origin`, :func:`panel_height`), each captioned with its batch, image id, canvas size and box count, under two lines saying what is shown."""
+    (:func:`panel_origin`, :func:`panel_height`), each captioned with its batch, image id, canvas size and
+    box count, under two lines saying what is shown."""
     panels = [(number, i, batch) for number, batch in enumerate(batches, 1) for i in range(batch["images"])]
     panels = panels[:images] if images is not None else panels
     if not panels:
@@ -142,13 +144,14 @@ def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: boo
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     font = draw.font(11)
-    sizes = {batch["images"] for _, _, batch in panels}
+    batch_size = max(batch["images"] for _, _, batch in panels)
     reference = "each image's extent (pixel mask)" if uses_pixel_mask else "the padded canvas"
-    lines = [f"epoch {epoch}: the first {len(panels)} training images ({panels[-1][0]} batch(es) of {max(sizes)}) as the model "
-             f"receives them: augmented, uint8 before normalisation",
+    lines = [f"epoch {epoch}: the first {len(panels)} training images ({panels[-1][0]} batch(es) of {batch_size}) as the "
+             f"model receives them: augmented, uint8 before normalisation",
              f"padding hatched; boxes read back from the loss's labels (normalised cxcywh, relative to {reference})"
              + (f"; batch k trains on process (k - 1) mod {processes}" if processes > 1 else "")]
-    width = max(draw.GAP + columns * (cell + draw.GAP), 2 * draw.GAP + math.ceil(max(font.getlength(s) for s in lines)))
+    text_width = math.ceil(max(font.getlength(line) for line in lines))
+    width = max(draw.GAP + columns * (cell + draw.GAP), 2 * draw.GAP + text_width)
     height = panel_height([batch for _, _, batch in panels], cell)
     grid = Image.new("RGB", (width, HEADER + draw.GAP + rows * (height + draw.TITLE + draw.GAP)), draw.BACKGROUND)
     pen = ImageDraw.Draw(grid)
@@ -160,10 +163,10 @@ def batch_grid(batches: list[dict], class_names: list[str], uses_pixel_mask: boo
             boxes_of[number] = loss_boxes(batch, uses_pixel_mask)
         boxes, labels = boxes_of[number][i]
         x, y = panel_origin(index, columns, cell, height)
-        grid.paste(render_panel(batch["pixel_values"][i], batch["pixel_mask"][i], boxes, labels, class_names, cell, height),
-                   (x, y))
-        canvas_h, canvas_w = batch["pixel_values"].shape[-2:]
-        caption = f"batch {number} #{i + 1}: image {int(batch['image_ids'][i])}, {canvas_h}x{canvas_w}, {len(labels)} box(es)"
+        pixels, mask = batch["pixel_values"][i], batch["pixel_mask"][i]
+        grid.paste(render_panel(pixels, mask, boxes, labels, class_names, cell, height), (x, y))
+        canvas = "x".join(map(str, pixels.shape[-2:]))
+        caption = f"batch {number} #{i + 1}: image {int(batch['image_ids'][i])}, {canvas}, {len(labels)} box(es)"
         pen.text((x + 2, y - draw.TITLE + 3), caption, fill=(230, 230, 230), font=font)
     return grid
 

@@ -113,9 +113,16 @@ def sampler_batches(recipe, data, batches: int, epoch: int = 1) -> list[list[int
     return out
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _check_sampler_options(parser) -> None:
-    parser.add_argument("--batches", type=int, default=5, help="how many batches to show (default 5)")
-    parser.add_argument("--epoch", type=int, default=1, help="the epoch whose batches to show (default 1): its order "
+    parser.add_argument("--batches", type=_at_least_one, default=5, help="how many batches to show (default 5)")
+    parser.add_argument("--epoch", type=_at_least_one, default=1, help="the epoch whose batches to show (default 1): its order "
                         "and, with --pictures, its augmentation")
     parser.add_argument("--pictures", nargs="?", const="", default=None, metavar="PNG",
                         help="also draw the images of these batches as the model receives them (augmented, padded, "
@@ -130,10 +137,6 @@ def check_sampler_main(argv: list[str]) -> int:
     if loaded is None:
         return 2
     args, recipe, data = loaded
-    if args.batches < 1 or args.epoch < 1:
-        print(f"hftrain check-sampler: --batches and --epoch must be at least 1, got {args.batches} and {args.epoch}",
-              file=sys.stderr)
-        return 2
     from hftrain.health.debug import batch_warnings
 
     names = data.class_names

@@ -70,15 +70,18 @@ def test_boxes_surround_their_flipped_objects_and_padding_is_hatched(two_sizes, 
         ys, xs = np.nonzero(blue(panel))
         left, top, right, bottom = xs.min(), ys.min(), xs.max(), ys.max()
         # the object is where the flip put it (mirrored in the image's own width), not where it was drawn
-        assert abs(left - (width - x - w) * scale) <= 4 and abs(right - (width - x) * scale) <= 4, (image_id, left, right)
+        assert abs(left - (width - x - w) * scale) <= 4, (image_id, left)
+        assert abs(right - (width - x) * scale) <= 4, (image_id, right)
         assert abs(top - y * scale) <= 4 and abs(bottom - (y + h) * scale) <= 4, (image_id, top, bottom)
         # its box, drawn in its class's colour, runs right around it on all four sides
         ring = yellow(panel)
         margin = 2 * draw.line_width(CELL) + 2
         for row in range(top + margin, bottom - margin):
-            assert ring[row, left - margin:left + 2].any() and ring[row, right - 1:right + 1 + margin].any(), (image_id, row)
+            assert ring[row, left - margin:left + 2].any(), (image_id, row)
+            assert ring[row, right - 1:right + 1 + margin].any(), (image_id, row)
         for col in range(left + margin, right - margin):
-            assert ring[top - margin:top + 2, col].any() and ring[bottom - 1:bottom + 1 + margin, col].any(), (image_id, col)
+            assert ring[top - margin:top + 2, col].any(), (image_id, col)
+            assert ring[bottom - 1:bottom + 1 + margin, col].any(), (image_id, col)
         assert not ring[top + margin:bottom - margin, left + margin:right - margin].any()  # not through the object
         # the padding (below a 48-high image, right of a 40-wide one) is hatched, the image is not
         hatch = np.zeros(panel.shape[:2], dtype=bool)
@@ -134,4 +137,6 @@ def test_check_sampler_pictures_writes_the_grid_and_prints_where(two_sizes, tmp_
     for index in range(2):
         x0, y0 = train_batch.panel_origin(index)
         assert blue(grid[y0:y0 + CELL, x0:x0 + CELL]).sum() > 500
-    assert doctor.check_sampler_main([str(path), "--batches", "0", "--pictures"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused before any data is read
+        doctor.check_sampler_main([str(path), "--batches", "0", "--pictures"])
+    assert exit_.value.code == 2 and "--batches: must be at least 1, got 0" in capsys.readouterr().err

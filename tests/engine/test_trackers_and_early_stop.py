@@ -1,16 +1,16 @@
 """log.trackers (MLflow's local file store read back, TensorBoard) and train.early_stop across a resume.
 
-One tiny run (one step per epoch) with mlflow and tensorboard and early stopping with a
-min_delta no mAP can beat (every evaluation after the first is "no improvement"): stopped by
-train.max_steps after two evaluations, then resumed; with patience 2 an uninterrupted run stops at
-the third evaluation, and so must the resumed one. The plots sent to the trackers are tested on the
-run of tests/report/test_pictures.py, which draws them anyway (pictures cost seconds).
+One tiny run (one step per epoch) with mlflow and tensorboard and early stopping with a min_delta no
+mAP can beat, so every evaluation after the first is "no improvement": with patience 2 it stops
+itself at the third evaluation (the uninterrupted run). Then it is resumed from its checkpoint after
+the second evaluation (one evaluation without improvement counted) and must stop at the same third
+evaluation, with the same record. The plots sent to the trackers are tested on the run of
+tests/report/test_pictures.py, which draws them anyway (pictures cost seconds).
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import yaml
@@ -25,15 +25,16 @@ from hftrain.report.runlog import tracker_key
 from hftrain.train import train
 
 PATIENCE = 2
+RESUMED_AT = 2  # the checkpoint the second run resumes from (optimizer step = epoch here)
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, shapes_dir):
-    """The run (stopped at step 2, resumed): its directory, the first run's recipe, the resume's exit code."""
+    """The run: its directory, its recipe, the resumed run's exit code, the uninterrupted run's records."""
     pytest.importorskip("mlflow")
     tmp = tmp_path_factory.mktemp("tracked")
-    recipe = tiny_recipe(shapes_dir, tmp / "run", train={"epochs": 6, "max_steps": 2,
-                                                         "early_stop": {"patience": PATIENCE, "min_delta": 1.0}},
+    run_dir = tmp / "run"
+    recipe = tiny_recipe(shapes_dir, run_dir, train={"epochs": 6, "early_stop": {"patience": PATIENCE, "min_delta": 1.0}},
                          log={"tensorboard": True, "trackers": ["mlflow"]})
     path = write_recipe(tmp / "run.yaml", recipe)
     with pytest.MonkeyPatch.context() as patch:
@@ -41,9 +42,11 @@ def tracked(tmp_path_factory, shapes_dir):
         AcceleratorState._reset_state(reset_partial_state=True)
         first = load_recipe(path, ["data.train.subset=4"])  # 4 images, batch 4: one step per epoch
         train(first)
+        uninterrupted = {kind: records(run_dir, kind) for kind in ("eval", "early_stop")}
         AcceleratorState._reset_state(reset_partial_state=True)
-        code = train(load_recipe(path, ["data.train.subset=4", "train.max_steps=null"]), resume=True, exit_code=True)
-    return tmp / "run", first, code
+        code = train(load_recipe(path, ["data.train.subset=4"]), exit_code=True,
+                     resume=str(run_dir / "checkpoints" / f"step_{RESUMED_AT:08d}"))
+    return run_dir, first, code, uninterrupted
 
 
 def mlflow_run(run_dir):
@@ -57,7 +60,7 @@ def mlflow_run(run_dir):
 
 
 def test_mlflow_holds_every_scalar_hftrain_recorded(tracked):
-    run_dir, _, _ = tracked
+    run_dir, *_ = tracked
     client, run = mlflow_run(run_dir)
     assert run.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow"]
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
@@ -68,48 +71,60 @@ def test_mlflow_holds_every_scalar_hftrain_recorded(tracked):
             if key not in ("type", "step", "time") and isinstance(value, (int, float)):
                 expected.setdefault(tracker_key(f"{record['type']}/{key}"), []).append((record["step"], float(value)))
     assert set(run.data.metrics) == set(expected)
-    for key, values in expected.items():
-        logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-        assert [s for s, _ in logged] == sorted(s for s, _ in values), key
-        for (_, got), (_, want) in zip(logged, sorted(values)):
-            assert got == pytest.approx(want, rel=1e-9) or (math.isnan(got) and math.isnan(want)), key
     assert {"train/loss", "eval/map", "step/lr", "early_stop/evaluations_without_improvement"} <= set(expected)
+    for key, values in expected.items():
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        before = [(m.step, m.value) for m in history if m.step <= RESUMED_AT]
+        want = sorted(v for v in values if v[0] <= RESUMED_AT)
+        assert [s for s, _ in before] == [s for s, _ in want], key
+        assert [v for _, v in before] == pytest.approx([v for _, v in want], rel=1e-9, nan_ok=True), key
+        # the steps after the checkpoint were logged by both runs: MLflow keeps both, the resumed run's last
+        after: dict[int, list] = {}
+        for m in history:
+            if m.step > RESUMED_AT:
+                after.setdefault(m.step, []).append(m.value)
+        assert all(len(logged) == 2 for logged in after.values()), key
+        last = {step: logged[-1] for step, logged in after.items()}
+        assert last == pytest.approx({s: v for s, v in values if s > RESUMED_AT}, rel=1e-9, nan_ok=True), key
 
 
 def test_mlflow_params_are_the_resolved_recipe(tracked):
-    run_dir, first, _ = tracked
+    run_dir, first, *_ = tracked
     client, run = mlflow_run(run_dir)
     assert run.data.params == {key: str(value) for key, value in hyper_parameters(first).items()}
     assert run.data.params["train.early_stop.patience"] == "2"
-    assert run.data.params["log.trackers"] == '["mlflow"]'
-    assert run.data.params["train.max_steps"] == "2"  # the first run's: a continued run keeps its parameters
+    assert run.data.params["log.trackers"] == '["mlflow"]' and run.data.params["optim.lr"] == "0.001"
 
 
 def test_tensorboard_gets_the_same_steps_once_after_the_resume_and_the_hyper_parameters_once(tracked):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, first, _ = tracked
+    run_dir, first, *_ = tracked
     events = run_dir / "tensorboard" / PROJECT
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
+    # purge_step: what the first run logged after the checkpoint resumed from is hidden, so each step shows once
     assert [e.step for e in accumulator.Scalars("train/loss")] == [r["step"] for r in records(run_dir, "train")]
     assert [e.step for e in accumulator.Scalars("eval/map")] == [1, 2, 3]
     (hparams,) = events.glob("*/hparams.yml")  # the resumed run did not log them again
     assert yaml.safe_load(hparams.read_text()) == hyper_parameters(first)
 
 
-def test_early_stop_across_a_resume_stops_where_an_uninterrupted_run_would(tracked):
-    run_dir, _, code = tracked
+def test_early_stop_across_a_resume_stops_where_the_uninterrupted_run_did(tracked):
+    run_dir, _, code, uninterrupted = tracked
     assert code == 0
-    assert [r["epoch"] for r in records(run_dir, "eval")] == [1, 2, 3]  # 2 non-improving evaluations after the first
+    no_time = lambda rows: [{k: v for k, v in row.items() if k != "time"} for row in rows]  # noqa: E731
+    assert [r["epoch"] for r in uninterrupted["eval"]] == [1, 2, 3]  # 2 evaluations without improvement after the first
+    assert [r["epoch"] for r in records(run_dir, "eval")] == [1, 2, 3]
+    assert no_time(records(run_dir, "early_stop")) == no_time(uninterrupted["early_stop"])
     (stop,) = records(run_dir, "early_stop")
     assert (stop["epoch"], stop["evaluations_without_improvement"], stop["patience"]) == (3, PATIENCE, PATIENCE)
     assert stop["reference"] == records(run_dir, "eval")[0]["map"]
     state = json.loads((run_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
     assert (state["epoch"], state["evals_without_improvement"]) == (3, PATIENCE)
     assert json.loads((run_dir / "model" / "hftrain_info.json").read_text())["epoch"] == 3
-    assert json.loads((run_dir / "best" / "hftrain_info.json").read_text())["epoch"] in (1, 2, 3)
+    assert (run_dir / "best" / "hftrain_info.json").is_file()
     assert "early stop at epoch 3: map has not improved by more than 1" in (run_dir / "train.log").read_text()
 
 

@@ -89,11 +89,11 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
         save_recipe(recipe, Path(recipe.output_dir) / "recipe.yaml")
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
-    trackers.start(accelerator, recipe, log, run.state.step if resume else None)  # log.trackers: after the resume, which they continue
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
                + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
     log.print(*data.notes)
     log.print(*detector.notes)
+    trackers.start(accelerator, recipe, log, run.state.step if resume else None)  # log.trackers: continue a resumed run
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
                           "precision": accelerator.mixed_precision}, run.state.step)

@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from transformers.utils import logging as hf_logging
 
 from hftrain.data.loader import load_data, make_eval_loader, make_train_loader, materialise_synthetic
-from hftrain.engine import checkpoints
+from hftrain.engine import checkpoints, early_stop, trackers
 from hftrain.engine.accelerator import cpu_threads, make_accelerator, speed_settings, use_cpu
 from hftrain.engine.batching import MicroBatching
 from hftrain.engine.ema import ModelEma
@@ -87,14 +87,13 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
                                                                   accelerator.device.type))
     if accelerator.is_main_process:
         save_recipe(recipe, Path(recipe.output_dir) / "recipe.yaml")
-    if accelerator.log_with:
-        accelerator.init_trackers("hftrain")
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
                + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
     log.print(*data.notes)
     log.print(*detector.notes)
+    trackers.start(accelerator, recipe, log, run.state.step if resume else None)  # log.trackers: continue a resumed run
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
                           "precision": accelerator.mixed_precision}, run.state.step)
@@ -150,7 +149,7 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
 
 
 def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
-    """The epochs: phase changes, one epoch of training, evaluation and ``best/``, checkpoints."""
+    """The epochs: phase changes, one epoch of training, evaluation and ``best/``, early stopping, checkpoints."""
     recipe, state, accelerator = run.recipe, run.state, run.accelerator
     metrics: dict = {}
     if recipe.guard.nonfinite == "rollback" and not checkpoints.complete_checkpoints(Path(recipe.output_dir)):
@@ -176,8 +175,11 @@ def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
             return run.health.stop.exit_code if exit_code else metrics
         state.batches_done = 0
         last = epoch == recipe.train.epochs or ended is Outcome.MAX_STEPS
-        if (recipe.eval.during_training and epoch % recipe.eval.interval == 0) or last:
+        evaluated = (recipe.eval.during_training and epoch % recipe.eval.interval == 0) or last
+        if evaluated:
             metrics = evaluate_epoch(run, epoch)
+        if evaluated and recipe.train.early_stop.patience and early_stop.should_stop(run, metrics, epoch):
+            last = True  # train.early_stop: patience evaluations without improvement: the run ends here (best/ kept)
         every = recipe.checkpoint.every_steps
         if epoch % recipe.checkpoint.interval == 0 or last or (every and state.step % every == 0):
             save_checkpoint(run, epoch_complete=True)

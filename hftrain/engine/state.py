@@ -36,6 +36,8 @@ class LoopState:
     bad_images: int = 0  # images of this epoch that failed to decode on this process (data.max_bad_fraction)
     save_count: int = 0
     best: float | None = None  # best value of checkpoint.best_metric so far
+    early_reference: float | None = None  # train.early_stop: checkpoint.best_metric at the last improvement
+    evals_without_improvement: int = 0  # train.early_stop: evaluations in a row since then
     ema: ModelEma | None = None  # ema.enabled: the weights' moving average (checkpoints hold it as ema.pt)
     lr_scale: float = 1.0  # guard.nonfinite: rollback: product of the rollbacks' lr_factor (times every phase's peak)
     rollbacks: int = 0  # rollbacks so far (guard.max_rollbacks)
@@ -47,16 +49,20 @@ class LoopState:
         last batch: a resumed run then still does the epoch's end (evaluation, best/, checkpoint)."""
         return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
                 "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best,
-                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
+                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks, "early_reference": self.early_reference,
+                "evals_without_improvement": self.evals_without_improvement}
 
     def resume_at(self, saved: dict, rollback: bool = False) -> None:
         """Position the loop where a checkpoint's trainer_state.json says (a resume or a rollback):
         after a complete epoch the next one starts; inside an epoch, the same epoch at its batch,
         with the bad images its processes had counted so far (``bad_images``, one per process; a
         resume on another number of processes shares their sum). A resume also takes the guard's
-        lr scale and rollback count; a ``rollback`` keeps the run's own (the guard then lowers it)."""
+        lr scale and rollback count, and early stopping's count; a ``rollback`` keeps the run's own (the
+        guard then lowers the lr scale; like ``best``, the count spans the rolled-back steps)."""
         if not rollback:
             self.lr_scale, self.rollbacks = saved.get("lr_scale", 1.0), saved.get("rollbacks", 0)
+            self.early_reference = saved.get("early_reference")
+            self.evals_without_improvement = saved.get("evals_without_improvement", 0)
         self.step = saved["step"]
         self.epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
         self.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]

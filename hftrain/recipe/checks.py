@@ -11,7 +11,7 @@ from hftrain.recipe.schema import Recipe, SplitConfig
 def check_values(recipe: Recipe, problems: list[str]) -> None:
     """Range checks that a type alone cannot express, section by section; every problem is appended."""
     for check in (_check_counts, _check_rates, _check_best_metric_and_saving, _check_data, _check_ema_and_cuda,
-                  _check_model):
+                  _check_model, _check_trackers, _check_early_stop):
         check(recipe, problems)
 
 
@@ -164,6 +164,42 @@ def _check_model(recipe: Recipe, problems: list[str]) -> None:
         near = difflib.get_close_matches(recipe.model.name, list(MODELS), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         problems.append(f"model.name: unknown model {recipe.model.name!r}{hint}; known: {sorted(MODELS)}")
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+"""Accelerate's trackers (``log_with`` names) and the pip package each needs."""
+
+
+def _check_trackers(recipe: Recipe, problems: list[str]) -> None:
+    """``log.trackers``: names Accelerate knows, whose packages import (before any data is read)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(name) for name in get_available_trackers()}
+    for name in recipe.log.trackers:
+        if name not in TRACKER_PACKAGES:
+            near = difflib.get_close_matches(name, list(TRACKER_PACKAGES), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append(f"log.trackers: unknown tracker {name!r}{hint}; Accelerate's trackers: {list(TRACKER_PACKAGES)}")
+        elif name not in available:
+            problems.append(f"log.trackers: {name} is not installed; pip install {TRACKER_PACKAGES[name]} "
+                            f"(or remove {name} from log.trackers)")
+    if "tensorboard" in recipe.log.trackers and not recipe.log.tensorboard:
+        problems.append("log.tensorboard: false, but log.trackers names tensorboard; keep one of the two")
+
+
+def _check_early_stop(recipe: Recipe, problems: list[str]) -> None:
+    """``train.early_stop``: a patience of at least one evaluation, a non-negative delta, evaluations to count."""
+    early = recipe.train.early_stop
+    if early.patience is None:
+        return
+    if early.patience < 1:
+        problems.append(f"train.early_stop.patience: must be at least 1 evaluation (or null: off), got {early.patience}")
+    if early.min_delta < 0:
+        problems.append(f"train.early_stop.min_delta: must be 0 or more, got {early.min_delta}")
+    if not recipe.eval.during_training:
+        problems.append("train.early_stop: counts evaluations, but eval.during_training is false (only the last "
+                        "epoch is evaluated); set eval.during_training: true or train.early_stop.patience: null")
 
 
 def missing_paths(recipe: Recipe) -> list[str]:

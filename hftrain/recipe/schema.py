@@ -220,6 +220,20 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """``train.early_stop``: end the run when ``checkpoint.best_metric`` stops improving (off by default)."""
+
+    patience: int | None = None
+    """Evaluations in a row without improvement that end the run (counted in evaluations, not epochs:
+    with eval.interval 5, patience 3 is 15 epochs); null: never stop early. ``best/`` is kept and
+    ``model/`` is written as at any other end; the count is saved in each checkpoint, so a resumed run
+    stops at the same evaluation as an uninterrupted one."""
+    min_delta: float = 0.0
+    """An evaluation improves when ``checkpoint.best_metric`` beats the value of the last improvement by
+    more than this (in the direction of ``checkpoint.best_mode``); smaller gains add up until they do."""
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     """Number of epochs."""
@@ -244,6 +258,8 @@ class TrainConfig:
     """Compile the model with ``torch.compile`` (Accelerate's ``dynamo_backend: inductor``). Off by
     default: untested on GPU here, and images of varying sizes (resize: shortest_edge) recompile;
     see the README for the families that compiled on CPU."""
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    """Early stopping on ``checkpoint.best_metric`` (``patience`` evaluations without improvement)."""
 
 
 @dataclass
@@ -316,7 +332,15 @@ class LogConfig:
     interval: int = 10
     """Optimizer steps between log lines (console, metrics.jsonl, TensorBoard)."""
     tensorboard: bool = True
-    """Log to TensorBoard through Accelerate when tensorboard is installed."""
+    """Also log to TensorBoard when tensorboard is installed (the switch from before ``trackers``, kept):
+    true adds tensorboard to ``trackers`` if the package imports, and says so in the log if it does
+    not; false leaves TensorBoard out unless ``trackers`` names it."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers, through Accelerate's ``log_with``: any of tensorboard, wandb, mlflow,
+    comet_ml, aim, clearml, dvclive, swanlab, trackio. Each gets the same scalars as metrics.jsonl,
+    the resolved recipe as hyper-parameters (dotted keys) and, where it takes them, the plots. A
+    named tracker whose package is missing is a recipe error (with the pip command). mlflow: a file
+    store in RUN_DIR/mlruns unless MLFLOW_TRACKING_URI is set."""
     loss_window: int = 50
     """Optimizer steps over which loss variance, trend, clipped fraction and gradient norm are summarised."""
 

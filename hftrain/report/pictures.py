@@ -5,7 +5,11 @@ training images of the epoch as the model receives them, ``hftrain.report.train_
 ``results.csv`` (one row per evaluation), the plots of ``hftrain.report.plots`` rebuilt from
 ``metrics.jsonl``, ``plots/pr_curves.png`` from the evaluator's precision array, and
 ``plots/predictions.png``, a grid of the first ``plots.images`` validation images with their
-ground truth and the model's predictions (also sent to TensorBoard as an image).
+ground truth and the model's predictions (also sent to TensorBoard as an image). After each
+evaluation's pictures, the trackers that take pictures get them (:meth:`RunPictures._send_to_trackers`):
+TensorBoard every new or redrawn ``plots/*.png`` as an image at the evaluation's step, MLflow
+``plots/*.png`` as the run's artifacts under ``plots/`` (replaced by each evaluation); the other
+trackers get the scalars and hyper-parameters only.
 
 Only the main process draws, on one background thread: the evaluation hands over a snapshot
 (the PR arrays and the grid images' predictions) and training goes on at once, so no process
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from hftrain.report import draw
 from hftrain.report import plots
@@ -47,6 +52,7 @@ class RunPictures:
         self.evaluations = 0  # queued so far; a plot job that a newer one follows skips the curves
         self.grid_rows: list[dict] = []
         self.grid_ids: set[int] = set()
+        self.sent: dict[str, int] = {}  # plots/*.png already sent to TensorBoard: name -> modification time (ns)
         if not self.active:
             return
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hftrain-pictures")
@@ -127,6 +133,8 @@ class RunPictures:
             self._guard("precision-recall curves", self._pr_curves, curves)
         if self.grid_rows:
             self._guard("prediction grid", self._prediction_grid, step, predictions)
+        if self.accelerator.trackers and not superseded:
+            self._guard("sending the plots to the trackers", self._send_to_trackers, step)
 
     def _pr_curves(self, curves: dict) -> None:
         plots.save_pr_curves(curves, self.plots_dir / plots.PR_FILE)
@@ -143,6 +151,26 @@ class RunPictures:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({"val/predictions": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
+
+
+    def _send_to_trackers(self, step: int) -> None:
+        """plots/*.png to the trackers that take pictures, through the tracker objects Accelerate holds."""
+        files = sorted(self.plots_dir.glob("*.png"))
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":  # each new or redrawn picture once (the grid goes as val/predictions)
+                for path in files:
+                    stamp = path.stat().st_mtime_ns
+                    if path.name != "predictions.png" and self.sent.get(path.name) != stamp:
+                        with Image.open(path) as picture:
+                            pixels = np.asarray(picture.convert("RGB"))
+                        tracker.log_images({f"plots/{path.stem}": pixels[None]}, step=step, dataformats="NHWC")
+                        self.sent[path.name] = stamp
+            elif tracker.name == "mlflow":  # MLflow's client for the tracker's run: its fluent API is per thread
+                from mlflow import MlflowClient
+
+                client = MlflowClient()
+                for path in files:
+                    client.log_artifact(tracker.tracker.info.run_id, str(path), PLOTS_DIR)
 
 
 def grid_sample(dataset, row: dict, prediction: dict | None) -> draw.Sample:

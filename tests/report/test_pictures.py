@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import re
@@ -49,9 +50,12 @@ def eval_records(run_dir):
 
 @pytest.fixture(scope="module")
 def pictured(tmp_path_factory, shapes_dir):
-    """A tiny RT-DETR run with two evaluations, every picture, and TensorBoard."""
-    return train_quietly(tmp_path_factory.mktemp("pictured"), shapes_dir, "run_a", train={"epochs": 2},
-                         log={"tensorboard": True})
+    """A tiny RT-DETR run with two evaluations, every picture, TensorBoard and MLflow (a file store in the run)."""
+    trackers = ["mlflow"] if importlib.util.find_spec("mlflow") else []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return train_quietly(tmp_path_factory.mktemp("pictured"), shapes_dir, "run_a", train={"epochs": 2},
+                             log={"tensorboard": True, "trackers": trackers})
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +178,33 @@ def test_tensorboard_gets_the_scalars_and_the_prediction_grid(pictured):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _ = pictured
-    (events,) = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
-    accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "hftrain"), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
     images = accumulator.Images("val/predictions")
-    assert [i.step for i in images] == [r["step"] for r in eval_records(run_dir)]
+    eval_steps = [r["step"] for r in eval_records(run_dir)]
+    assert [i.step for i in images] == eval_steps
     with Image.open(io.BytesIO(images[-1].encoded_image_string)) as logged:
         assert logged.size == Image.open(run_dir / "plots" / "predictions.png").size
     for tag in ("eval/map", "train/loss", "train/t_load_share", "step/grad_norm", "step/lr"):
         assert tag in accumulator.Tags()["scalars"], tag
+    # the plots: each redrawn one after every evaluation, the label statistics (drawn once) once
+    assert [i.step for i in accumulator.Images("plots/metrics")] == eval_steps
+    assert [i.step for i in accumulator.Images("plots/label_stats")] == eval_steps[:1]
+    with Image.open(io.BytesIO(accumulator.Images("plots/loss")[-1].encoded_image_string)) as logged:
+        assert logged.size == Image.open(run_dir / "plots" / "loss.png").size
+
+
+def test_mlflow_gets_the_plots_as_artifacts(pictured):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    run_dir, _ = pictured
+    client = MlflowClient((run_dir / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "hftrain"])
+    artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    drawn = {f"plots/{p.name}": p.stat().st_size for p in (run_dir / "plots").glob("*.png")}
+    assert {"plots/loss.png", "plots/metrics.png", "plots/predictions.png", "plots/label_stats.png"} <= set(drawn)
+    assert artifacts == drawn  # the last evaluation's pictures, as drawn
 
 
 def test_without_matplotlib_training_says_so_once_and_writes_the_rest(without_matplotlib):

@@ -34,6 +34,8 @@ PLOT_FILES = (
 """The plots a card shows, in this order, when the run's ``plots/`` has them (copied into the model folder)."""
 PLOT_LIMIT_BYTES = 2 * 2**20
 """A plot larger than this is not copied (the model folder stays small); the card says so."""
+METRIC_ROWS = TABLE + (("VOC07 mAP@0.5 (11-point)", "voc07_map"), ("VOC mAP@0.5 (all-point)", "voc_map"))
+"""(label, key) of the card's metrics: the COCO table's, and VOC AP when ``eval.voc`` computed it."""
 GENERIC_FOLDERS = {"train", "val", "valid", "validation", "test", "trainval", "images", "image", "imgs", "labels",
                    "annotations", "jpegimages", "data", "dataset", "datasets", "100k", "10k", "rgb", "event"}
 """Folder names that say nothing about the dataset: the dataset's name is the nearest folder above them."""
@@ -78,7 +80,7 @@ def card_data(info: dict, recipe: dict, model_name: str) -> ModelCardData:
     results = [
         EvalResult(task_type="object-detection", task_name="Object Detection", dataset_type=kind, dataset_name=name,
                    dataset_split="validation", metric_type=key, metric_name=label, metric_value=round(float(metrics[key]), 4))
-        for label, key in TABLE if _known(metrics.get(key))
+        for label, key in METRIC_ROWS if _known(metrics.get(key))
     ]
     return ModelCardData(
         library_name="transformers",
@@ -109,8 +111,7 @@ def build_card(info: dict, recipe: dict, config: dict, plots: list[str], repo_id
 
 
 def _body(info, recipe, config, plots, repo_id, model_name, left_out) -> list[str]:
-    model, data, train = recipe.get("model") or {}, recipe.get("data") or {}, recipe.get("train") or {}
-    metrics = info.get("metrics") or {}
+    model, metrics = recipe.get("model") or {}, info.get("metrics") or {}
     classes = [name for _, name in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))]
     name, kind, _ = dataset_name(recipe)
     pretrained = model.get("pretrained")
@@ -127,14 +128,14 @@ def _body(info, recipe, config, plots, repo_id, model_name, left_out) -> list[st
         lines += ["## Evaluation", "", f"COCO metrics on the validation split ({name})"
                   + (f" after epoch {epoch}" if epoch is not None else "") + ":", "",
                   "| metric | value |", "| --- | --- |"]
-        lines += [f"| {label} | {_value(metrics.get(key))} |" for label, key in TABLE if key in metrics]
-        per_class = [(key[3:], value) for key, value in metrics.items() if key.startswith("ap_")]
+        lines += [f"| {label} | {_value(metrics.get(key))} |" for label, key in METRIC_ROWS if key in metrics]
+        per_class = [(key[3:], value) for key, value in metrics.items() if key.startswith("ap_")]  # CocoEvaluator's
         if per_class:
             lines += ["", "AP@[.5:.95] per class (n/a: no boxes of that class in the validation split):", "",
                       "| class | AP |", "| --- | --- |"]
             lines += [f"| {cls} | {_value(value)} |" for cls, value in per_class]
         lines += [""]
-    lines += _training_lines(info.get("training") or {}, train)
+    lines += _training_lines(info.get("training") or {})
     threshold = config.get("hftrain_score_threshold")
     where = repo_id or "path/to/model"
     lines += ["## How to use", "", "```python", "from transformers import pipeline", "",
@@ -198,7 +199,7 @@ def _augmentation(data: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def _training_lines(training: dict, train: dict) -> list[str]:
+def _training_lines(training: dict) -> list[str]:
     if not training:
         return []
     lines = ["## Training time and hardware", "", "| | |", "| --- | --- |"]
@@ -210,7 +211,8 @@ def _training_lines(training: dict, train: dict) -> list[str]:
         processes = training.get("num_processes", 1)
         lines.append(f"| hardware | {processes} x {training['device']} |")
     if training.get("precision"):
-        lines.append(f"| precision | {training['precision']} |")
+        precision = {"no": "fp32"}.get(training["precision"], training["precision"])  # Accelerate's "no": no autocast
+        lines.append(f"| precision | {precision} |")
     for key in ("transformers", "torch", "hftrain"):
         if training.get(f"{key}_version"):
             lines.append(f"| {key} | {training[f'{key}_version']} |")

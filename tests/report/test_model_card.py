@@ -80,6 +80,13 @@ def test_the_body_has_the_recipe_metrics_per_class_ap_training_usage_and_plots()
     assert "recommended score threshold, 0.421" in body
 
 
+def test_voc_ap_is_in_the_table_and_the_model_index_when_it_was_computed():
+    info = {**INFO, "metrics": {**METRICS, "voc07_map": 0.61, "voc_map": 0.625}}
+    text = str(build_card(info, recipe(**{"eval.voc": True}), CONFIG, []))
+    assert "| VOC07 mAP@0.5 (11-point) | 0.6100 |" in text and "| VOC mAP@0.5 (all-point) | 0.6250 |" in text
+    assert {r.metric_type: r.metric_value for r in ModelCard(text).data.eval_results}["voc_map"] == 0.625
+
+
 def test_without_a_measured_threshold_the_card_says_so():
     config = {k: v for k, v in CONFIG.items() if k != "hftrain_score_threshold"}
     text = str(build_card(INFO, recipe(), config, []))

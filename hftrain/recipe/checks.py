@@ -171,7 +171,8 @@ def _check_hub(recipe: Recipe, problems: list[str]) -> None:
     hub = recipe.hub
     wanted = [key for key in ("push", "push_best") if getattr(hub, key)]
     if wanted and not hub.repo_id:
-        problems.append(f"hub.repo_id: hub.{' and hub.'.join(wanted)} need the repository to upload to, "
+        problems.append(f"hub.repo_id: hub.{' and hub.'.join(wanted)} need{'s' if len(wanted) == 1 else ''} the "
+                        "repository to upload to, "
                         f"e.g. hub.repo_id=your-name/{Path(recipe.output_dir).name}")
     if hub.repo_id:
         from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
-LOGIN_HINT = ("log in with `hf auth login` (or `huggingface-cli login`), or set the HF_TOKEN environment variable "
+LOGIN_HINT = ("log in with `hf auth login`, or set the HF_TOKEN environment variable "
               "to a token with write access (https://huggingface.co/settings/tokens)")
 
 

@@ -4,7 +4,9 @@ errors that say why a push cannot happen (no token, offline, no network) with no
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
+import threading
 
 import pytest
 import yaml
@@ -95,6 +97,34 @@ def test_a_network_failure_is_named_as_such(tmp_path, monkeypatch):
     assert (run_dir / "model" / "model.safetensors").read_bytes() == b"weights of model"
 
 
+def test_a_refused_token_is_named_with_how_to_log_in(tmp_path, monkeypatch):
+    """A local server answering 401 as the Hub does to a bad token (the real client, no network)."""
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 -- http.server's naming
+            body = b'{"error": "Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    run_dir = finished_run(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = HfApi(endpoint=f"http://127.0.0.1:{server.server_port}", token="hf_wrong")
+        with pytest.raises(PushError, match=r"the Hub answered 401.*Invalid credentials.*the token was refused or has "
+                                            r"no write access to someone/m: log in with `hf auth login`"):
+            push_folder(run_dir / "model", "someone/m", api=api)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_bad_repo_id_or_folder_is_refused_before_any_request(tmp_path, recorded, capsys):
     run_dir = finished_run(tmp_path)
     with pytest.raises(PushError, match="'a/b/c' is not a Hub repository id"):
@@ -107,7 +137,8 @@ def test_a_bad_repo_id_or_folder_is_refused_before_any_request(tmp_path, recorde
 def test_hub_push_needs_a_repo_id_in_the_recipe():
     problems: list[str] = []
     check_values(Recipe(hub=HubConfig(push=True)), problems)
-    assert len(problems) == 1 and problems[0].startswith("hub.repo_id: hub.push need the repository")
+    assert len(problems) == 1 and problems[0] == ("hub.repo_id: hub.push needs the repository to upload to, "
+                                                  "e.g. hub.repo_id=your-name/default")
     problems = []
     check_values(Recipe(hub=HubConfig(push_best=True, repo_id="a b")), problems)
     assert problems == ["hub.repo_id: 'a b' is not a Hub repository id (" + problems[0].split(" (", 1)[1]]

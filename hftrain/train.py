@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from transformers.utils import logging as hf_logging
 
 from hftrain.data.loader import load_data, make_eval_loader, make_train_loader, materialise_synthetic
-from hftrain.engine import checkpoints, early_stop, trackers
+from hftrain.engine import checkpoints, early_stop, publish, trackers
 from hftrain.engine.accelerator import cpu_threads, make_accelerator, speed_settings, use_cpu
 from hftrain.engine.batching import MicroBatching
 from hftrain.engine.ema import ModelEma
@@ -190,14 +190,16 @@ def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
 
 
 def finish(run: Run, metrics: dict, exit_code: bool) -> dict | int:
-    """The guard's summary, ``model/`` (the final weights), the pictures, the trackers."""
+    """The guard's summary, the pictures, ``model/`` (the final weights and their card), the Hub, the trackers."""
     if run.health.guard.summary():  # non-finite steps: where the report is
         run.log.print(run.health.guard.summary())
+    run.pictures.close()  # wait for the queued pictures (the model card copies the plots)
     run.accelerator.wait_for_everyone()
     model_dir = Path(run.recipe.output_dir) / "model"  # written by the main process; a failure stops every process
-    checkpoints.save_on_main(run.accelerator, run.export, model_dir, {"epoch": run.state.epoch, "metrics": metrics})
+    publish.save_model(run, run.export, model_dir, publish.model_info(run, run.state.epoch, metrics))
     run.log.print(f"saved {model_dir} (load with AutoModelForObjectDetection.from_pretrained)")
-    run.pictures.close()  # wait for the queued pictures
+    if run.recipe.hub.push:  # hub.push: upload model/ (a failure is logged; the run still ends normally)
+        publish.push_model(run, model_dir)
     run.accelerator.end_training()
     return 0 if exit_code else metrics
 

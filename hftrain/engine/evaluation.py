@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 
-from hftrain.engine import checkpoints
+from hftrain.engine import publish
 from hftrain.metrics.coco_eval import CocoEvaluator
 from hftrain.metrics.voc_eval import VocEvaluator
 from hftrain.models.inputs import model_inputs
@@ -59,7 +59,8 @@ def score(predictions: list[dict], accelerator, evaluator: CocoEvaluator | None,
 
 
 def update_best(run, metrics: dict, export, epoch: int) -> None:
-    """Keep ``best/`` (the weights of ``export``) at the epoch with the best ``checkpoint.best_metric``."""
+    """Keep ``best/`` (the weights of ``export``, with its model card) at the epoch with the best
+    ``checkpoint.best_metric``; with ``hub.push_best``, upload it each time."""
     key, best = run.recipe.checkpoint.best_metric, run.state.best
     if key not in metrics:
         raise KeyError(f"checkpoint.best_metric: {key!r} is not an evaluation metric ({sorted(metrics)})")
@@ -67,9 +68,12 @@ def update_best(run, metrics: dict, export, epoch: int) -> None:
     better = best is None or (value > best if run.recipe.checkpoint.best_mode == "max" else value < best)
     run_dir = Path(run.recipe.output_dir)
     if better:  # written by the main process; a failed write stops every process, the previous best/ intact
-        checkpoints.save_on_main(run.accelerator, export, run_dir / "best", {"epoch": epoch, key: value, "metrics": metrics})
+        info = publish.model_info(run, epoch, metrics, **{key: value})  # hftrain_info.json; README.md: the model card
+        publish.save_model(run, export, run_dir / "best", info)
         run.log.print(f"new best {key} {value:.4f} at epoch {epoch}: {run_dir / 'best'}")
         run.state.best = value
+        if run.recipe.hub.push_best:  # hub.push_best: upload each new best/ (a failure is logged; training goes on)
+            publish.push_model(run, run_dir / "best")
 
 
 def evaluate_epoch(run: Run, epoch: int) -> dict:

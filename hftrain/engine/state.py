@@ -4,6 +4,7 @@ run context (:class:`Run`) that the loop's functions take instead of a dozen par
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -43,6 +44,13 @@ class LoopState:
     rollbacks: int = 0  # rollbacks so far (guard.max_rollbacks)
     process_index: int = 0  # this process, of num_processes (each counts its own bad images)
     num_processes: int = 1
+    seconds_before: float = 0.0  # training wall-clock seconds of the sessions before a resume (trainer_state.json)
+    session_start: float = field(default_factory=time.monotonic)
+
+    def train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained: this session's so far plus the earlier sessions' up to the
+        checkpoint a resume started from (the model card's training time)."""
+        return self.seconds_before + time.monotonic() - self.session_start
 
     def saved(self, epoch_complete: bool) -> dict:
         """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
@@ -50,7 +58,8 @@ class LoopState:
         return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
                 "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best,
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks, "early_reference": self.early_reference,
-                "evals_without_improvement": self.evals_without_improvement}
+                "evals_without_improvement": self.evals_without_improvement,
+                "train_seconds": round(self.train_seconds(), 3)}
 
     def resume_at(self, saved: dict, rollback: bool = False) -> None:
         """Position the loop where a checkpoint's trainer_state.json says (a resume or a rollback):
@@ -63,6 +72,7 @@ class LoopState:
             self.lr_scale, self.rollbacks = saved.get("lr_scale", 1.0), saved.get("rollbacks", 0)
             self.early_reference = saved.get("early_reference")
             self.evals_without_improvement = saved.get("evals_without_improvement", 0)
+            self.seconds_before = saved.get("train_seconds", 0.0)
         self.step = saved["step"]
         self.epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
         self.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]

@@ -11,7 +11,7 @@ from hftrain.recipe.schema import Recipe, SplitConfig
 def check_values(recipe: Recipe, problems: list[str]) -> None:
     """Range checks that a type alone cannot express, section by section; every problem is appended."""
     for check in (_check_counts, _check_rates, _check_best_metric_and_saving, _check_data, _check_ema_and_cuda,
-                  _check_model, _check_trackers, _check_early_stop):
+                  _check_model, _check_trackers, _check_early_stop, _check_hub):
         check(recipe, problems)
 
 
@@ -200,6 +200,23 @@ def _check_early_stop(recipe: Recipe, problems: list[str]) -> None:
     if not recipe.eval.during_training:
         problems.append("train.early_stop: counts evaluations, but eval.during_training is false (only the last "
                         "epoch is evaluated); set eval.during_training: true or train.early_stop.patience: null")
+
+
+def _check_hub(recipe: Recipe, problems: list[str]) -> None:
+    """``hub.push`` / ``hub.push_best`` name a valid repository id (found now, not after training)."""
+    hub = recipe.hub
+    wanted = [key for key in ("push", "push_best") if getattr(hub, key)]
+    if wanted and not hub.repo_id:
+        problems.append(f"hub.repo_id: hub.{' and hub.'.join(wanted)} need{'s' if len(wanted) == 1 else ''} the "
+                        "repository to upload to, "
+                        f"e.g. hub.repo_id=your-name/{Path(recipe.output_dir).name}")
+    if hub.repo_id:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(hub.repo_id)
+        except HFValidationError as err:
+            problems.append(f"hub.repo_id: {hub.repo_id!r} is not a Hub repository id ({err})")
 
 
 def missing_paths(recipe: Recipe) -> list[str]:

@@ -417,6 +417,30 @@ class CudaConfig:
 
 
 @dataclass
+class HubConfig:
+    """Publishing ``model/`` (and ``best/``) on the Hugging Face Hub with ``huggingface_hub``
+    (``hftrain.report.hub_push``); ``hftrain push RUN_DIR REPO_ID`` does the same after a run. Only the main
+    process uploads; a failed upload (no token, no network, no write access) is logged and the run goes on,
+    the local folders untouched."""
+
+    push: bool = False
+    """Upload ``model/`` (weights, image processor, model card README.md, plots/) to ``repo_id`` at the end
+    of training."""
+    repo_id: str | None = None
+    """The Hub model repository, ``user-or-org/name``; created when missing. Required by push and push_best."""
+    private: bool = False
+    """Create the repository as private (an existing repository keeps its visibility)."""
+    revision: str | None = None
+    """Branch to upload to (created from the default branch when missing); null: the default branch (main)."""
+    push_best: bool = False
+    """Also upload ``best/`` each time it improves, so the Hub holds the best weights while training goes
+    on; the end-of-training upload of ``model/`` (push: true) then replaces them."""
+    license: str | None = None
+    """License written in the model card's metadata (a Hub license id such as apache-2.0); null leaves it out
+    (the license of pretrained weights is theirs to check)."""
+
+
+@dataclass
 class Recipe:
     output_dir: str = "runs/default"
     """Run directory: checkpoints, logs, metrics.jsonl, recipe.yaml, model/."""
@@ -433,6 +457,7 @@ class Recipe:
     guard: GuardConfig = field(default_factory=GuardConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     cuda: CudaConfig = field(default_factory=CudaConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
     """Training phases in order (e.g. a frozen-backbone phase, then an unfrozen one); empty: one phase of
     ``train.epochs`` with the ``train``/``optim`` values. With phases, ``train.epochs`` is set to their sum."""

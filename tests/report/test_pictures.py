@@ -95,6 +95,16 @@ def test_every_picture_is_written_and_not_blank(pictured):
             assert len(colours) > 20, f"{name} is (nearly) blank"
 
 
+def test_the_model_card_shows_the_final_plots(pictured):
+    """model/ is saved after the queued pictures are drawn: its plots/ are the run's final ones."""
+    run_dir, _ = pictured
+    card = (run_dir / "model" / "README.md").read_text()
+    for name in ("pr_curves.png", "ap_per_class.png", "metrics.png", "loss.png", "predictions.png"):
+        assert (run_dir / "model" / "plots" / name).read_bytes() == (run_dir / "plots" / name).read_bytes(), name
+        assert f"![{name[:-4]}](plots/{name})" in card
+    assert not (run_dir / "model" / "plots" / "timing.png").exists()  # only the card's plots are copied
+
+
 def test_prediction_grid_draws_the_ground_truth_where_the_labels_say(pictured, shapes_dir):
     run_dir, _ = pictured
     grid = np.asarray(Image.open(run_dir / "plots" / "predictions.png").convert("RGB")).astype(int)

@@ -4,7 +4,9 @@ At the start: ``plots/label_stats.png`` (the training labels). After each evalua
 ``results.csv`` (one row per evaluation), the plots of ``hftrain.report.plots`` rebuilt from
 ``metrics.jsonl``, ``plots/pr_curves.png`` from the evaluator's precision array, and
 ``plots/predictions.png``, a grid of the first ``plots.images`` validation images with their
-ground truth and the model's predictions (also sent to TensorBoard as an image).
+ground truth and the model's predictions (also sent to TensorBoard as an image), and the
+confusion matrix and F1 / precision / recall against confidence curves of
+:mod:`hftrain.report.confusion_plots`.
 
 Only the main process draws, on one background thread: the evaluation hands over a snapshot
 (the PR arrays and the grid images' predictions) and training goes on at once, so no process
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hftrain.report import draw
+from hftrain.report import confusion_plots, draw
 from hftrain.report import plots
 from hftrain.data.decode import decode_image
 from hftrain.data.schema import objects_of, resolve_image_path
@@ -64,16 +66,18 @@ class RunPictures:
         if self.active and self.matplotlib:
             self.worker.submit(self._guard, "label statistics", self._label_statistics, train_dataset)
 
-    def after_eval(self, epoch: int, step: int, evaluator) -> None:
-        """Queue results.csv, the plots and the prediction grid for this evaluation."""
+    def after_eval(self, epoch: int, step: int, evaluator, confusion=None) -> None:
+        """Queue results.csv, the plots and the prediction grid for this evaluation (``confusion``:
+        the :class:`hftrain.metrics.confusion.ConfusionEvaluator` that scored it, if any)."""
         if not self.active:
             return
         curves = None
         if self.cfg.enabled and evaluator.last is not None:  # numpy only: saved for `hftrain report` even without matplotlib
             curves = self._guard("precision-recall arrays", plots.pr_curves, evaluator.last, self.class_names, epoch)
+        report = confusion.last if self.cfg.enabled and confusion is not None else None  # a new report per evaluation
         predictions = {p["image_id"]: p for p in evaluator.predictions if p["image_id"] in self.grid_ids}
         self.evaluations += 1
-        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions)
+        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions, (epoch, report))
 
     def close(self) -> None:
         """Wait for the queued pictures (before the trackers close)."""
@@ -96,7 +100,7 @@ class RunPictures:
         stats = plots.label_statistics(train_dataset.rows, self.class_names)
         plots.plot_label_statistics(stats, self.plots_dir / "label_stats.png")
 
-    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict) -> None:
+    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict, confusion: tuple) -> None:
         history = self._guard("reading metrics.jsonl", read_history, self.run_dir)
         if history is not None:
             self._guard("results.csv", write_results_csv, history)
@@ -108,6 +112,10 @@ class RunPictures:
             self._guard("evaluation plots", plots.plot_evaluation, runs, self.plots_dir)
         if curves is not None and not superseded:
             self._guard("precision-recall curves", self._pr_curves, curves)
+        epoch, report = confusion
+        if report is not None and not superseded:
+            self._guard("confusion matrix and confidence curves", confusion_plots.write_confusion_plots, report,
+                        self.plots_dir, self.matplotlib, epoch)
         if self.grid_rows:
             self._guard("prediction grid", self._prediction_grid, step, predictions)
 

@@ -34,7 +34,7 @@ LEGEND_UP_TO = 20
 
 
 def _figure(width: float, height: float):
-    """One figure laid out by matplotlib (tick labels of any length, a legend beside the axes)."""
+    """One figure laid out by matplotlib (room for class names of any length)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -83,8 +83,9 @@ def plot_confidence_curve(report: ConfidenceReport, kind: str, path: Path) -> Pa
     ground truth, the mean over those classes bold, the recommended threshold dashed."""
     curve = getattr(report, kind)
     label = {"f1": "F1", "precision": "precision", "recall": "recall"}[kind]
-    fig = _figure(9.0, 5.0)
-    ax = fig.add_subplot()
+    fig, axes = plots._figure(1, 1, 9.0, 5.0)
+    fig.subplots_adjust(right=0.74)  # the legend beside the axes
+    ax = axes[0, 0]
     present = np.flatnonzero(report.boxes > 0)
     for k in present:
         ax.plot(report.thresholds, curve[k], linewidth=1.0, color=np.array(class_colour(int(k))) / 255,

@@ -210,3 +210,32 @@ def test_a_confusion_threshold_outside_0_1_is_a_recipe_problem(tmp_path):
     with pytest.raises(RecipeError, match=r"eval\.confusion_threshold: must be in \[0, 1\] or null, got 1\.5"):
         load_recipe(path)
     assert load_recipe(path, ["eval.confusion_threshold=0.25"]).eval.confusion_threshold == 0.25
+
+
+def test_the_threshold_goes_into_the_saved_config_of_the_exported_weights_and_leaves_when_none(tmp_path):
+    """With the EMA on, best/ and model/ save the average (``run.export``): the attribute must be on its config."""
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from hftrain.engine.checkpoints import save_pretrained_dir
+    from hftrain.engine.ema import ModelEma
+    from hftrain.engine.evaluation import set_score_threshold
+    from hftrain.models.detector import Detector
+
+    class Net(PreTrainedModel):
+        config_class = PretrainedConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.linear = nn.Linear(2, 2)
+            self.post_init()
+
+    detector = Detector(model=Net(PretrainedConfig()), postprocess=None)
+    export = ModelEma(detector.model, decay=0.9, warmups=2).as_detector(detector)
+    set_score_threshold(export, {"map": 0.1, "f1_50": 0.6, "f1_threshold": 0.35})
+    save_pretrained_dir(export, tmp_path / "best")
+    assert Net.from_pretrained(tmp_path / "best").config.hftrain_score_threshold == 0.35
+    assert not hasattr(detector.model.config, "hftrain_score_threshold")  # the trained copy is not what is saved
+    set_score_threshold(export, {"map": 0.0, "f1_50": 0.0, "f1_threshold": -1.0})  # a later evaluation finds nothing
+    save_pretrained_dir(export, tmp_path / "model")
+    assert "hftrain_score_threshold" not in (tmp_path / "model" / "config.json").read_text()

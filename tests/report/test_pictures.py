@@ -174,6 +174,8 @@ def test_without_matplotlib_training_says_so_once_and_writes_the_rest(without_ma
     assert console.count("plots are off") == 1
     assert (run_dir / "results.csv").is_file() and (run_dir / "plots" / "predictions.png").is_file()
     assert (run_dir / "plots" / plots.PR_FILE).is_file()  # numbers kept for `hftrain report`
+    assert (run_dir / "plots" / "confusion_matrix.json").is_file()  # the counts too, without their pictures
+    assert not (run_dir / "plots" / "confusion_matrix.png").exists()
     assert not (run_dir / "plots" / "loss.png").exists()
 
 

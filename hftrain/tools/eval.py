@@ -3,8 +3,9 @@ with the same data path, model builder and evaluation as training. Writes ``eval
 (the metrics) and ``predictions_WEIGHTS.json``, a COCO results file (``image_id``,
 ``category_id``, ``bbox`` xywh, ``score``) in the dataset's own image and category ids, and in
 ``eval_WEIGHTS_plots/`` the confusion matrix and the F1 / precision / recall against confidence
-curves (``hftrain.report.confusion_plots``; the weights' saved ``hftrain_score_threshold`` is
-left as it is)."""
+curves (``hftrain.report.confusion_plots``). The matrix is at ``eval.confusion_threshold``, else
+at the weights' saved ``hftrain_score_threshold`` (what a user of the model gets), else at this
+evaluation's recommendation; the saved weights are left as they are."""
 
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
     voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
-    confusion = ConfusionEvaluator(evaluator.gt_dict, data.class_names, recipe.eval.confusion_threshold) \
+    threshold, threshold_from = recipe.eval.confusion_threshold, "eval.confusion_threshold"  # the matrix's
+    if threshold is None and getattr(detector.model.config, "hftrain_score_threshold", None) is not None:
+        threshold, threshold_from = detector.model.config.hftrain_score_threshold, \
+            f"{weights}/config.json hftrain_score_threshold"
+    confusion = ConfusionEvaluator(evaluator.gt_dict, data.class_names, threshold, source=threshold_from) \
         if accelerator.is_main_process else None
     predictions = predict(model, loader, accelerator, detector, normalize, recipe.eval.max_detections)
     metrics = score(predictions, accelerator, evaluator, voc_evaluator, confusion)

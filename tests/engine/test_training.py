@@ -102,6 +102,9 @@ def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
     # the confusion matrix at the saved recommended threshold, beside the metrics (which now include it)
     saved = json.loads((run_dir / "eval_best_plots" / "confusion_matrix.json").read_text())
     assert saved["recommended_threshold"] == metrics["f1_threshold"] == best_info["metrics"]["f1_threshold"]
+    best_config = json.loads((run_dir / "best" / "config.json").read_text())
+    assert saved["threshold"] == best_config["hftrain_score_threshold"]
+    assert saved["threshold_source"] == "best/config.json hftrain_score_threshold"
     assert {p.name for p in (run_dir / "eval_best_plots").iterdir()} == {
         "confusion_matrix.json", "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png",
         "p_curve.png", "r_curve.png"}

@@ -83,6 +83,9 @@ def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir)
     detector = pipeline("object-detection", model=str(run_dir / "model"), threshold=0.0)
     found = detector(str(next((shapes_dir / "val").glob("*.jpg"))))
     assert len(found) > 0
+    threshold = detector.model.config.hftrain_score_threshold  # the recommended threshold, as the README uses it
+    kept = detector(str(next((shapes_dir / "val").glob("*.jpg"))), threshold=threshold)
+    assert [f for f in found if f["score"] > threshold] == kept
     assert {"score", "label", "box"} <= set(found[0])
     assert found[0]["label"] in {"rectangle", "ellipse", "triangle"}
 

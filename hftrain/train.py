@@ -43,6 +43,7 @@ from hftrain.health.memory_view import MemoryView
 from hftrain.health.oom import install_injection, resolve_auto_batch
 from hftrain.health.preemption import StopSignal
 from hftrain.metrics.coco_eval import CocoEvaluator
+from hftrain.metrics.confusion import ConfusionEvaluator
 from hftrain.metrics.voc_eval import VocEvaluator
 from hftrain.models.inputs import Normalize, configure_processor, model_inputs
 from hftrain.models.pretrained import PretrainedError
@@ -133,12 +134,15 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
                                     recipe.schedule.warmup_steps, log, run_dir, accelerator.process_index)
         health.guard.hooks = health.debug.hooks
     trainable = {name for name, p in detector.model.named_parameters() if p.requires_grad}
+    evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if main else None
     run = Run(recipe, accelerator, detector, model, optimizer, scheduler,
               Normalize(detector.image_mean, detector.image_std, accelerator.device), log, health,
               Meter(recipe.log.loss_window), bad_limit=recipe.data.max_bad_fraction * len(data.train) / accelerator.num_processes,
               trainable_by_design=trainable, wrapped_trainable=trainable, phases=phases, val_loader=val_loader,
-              evaluator=CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if main else None,
+              evaluator=evaluator,
               voc_evaluator=VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and main else None,
+              confusion=ConfusionEvaluator(evaluator.gt_dict, data.class_names, recipe.eval.confusion_threshold)
+              if main else None,
               pictures=RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names))
     run.state.epoch_batches = len(train_loader)
     run.state.process_index, run.state.num_processes = accelerator.process_index, accelerator.num_processes

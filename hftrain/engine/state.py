@@ -118,5 +118,6 @@ class Run:
     val_loader: Any = None
     evaluator: Any = None  # hftrain.metrics.coco_eval.CocoEvaluator (main process only)
     voc_evaluator: Any = None  # eval.voc: hftrain.metrics.voc_eval.VocEvaluator (main process only)
+    confusion: Any = None  # hftrain.metrics.confusion.ConfusionEvaluator: matrix, F1 curve, threshold (main process only)
     pictures: Any = None  # hftrain.report.pictures.RunPictures: plots and prediction grids after evaluations
     export: Any = None  # the detector best/ and model/ save: the EMA's weights with ema.enabled

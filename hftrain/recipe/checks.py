@@ -64,6 +64,8 @@ def _check_rates(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"plots.images: must be 0 or more, got {recipe.plots.images}")
     if not 0.0 <= recipe.plots.score_threshold <= 1.0:
         problems.append(f"plots.score_threshold: must be in [0, 1], got {recipe.plots.score_threshold}")
+    if recipe.eval.confusion_threshold is not None and not 0.0 <= recipe.eval.confusion_threshold <= 1.0:
+        problems.append(f"eval.confusion_threshold: must be in [0, 1] or null, got {recipe.eval.confusion_threshold}")
 
 
 def _check_best_metric_and_saving(recipe: Recipe, problems: list[str]) -> None:

@@ -311,6 +311,9 @@ class EvalConfig:
     5,000 images x 100 detections, 7x less time in bench/bench_eval.py) or pycocotools (the reference)."""
     voc: bool = False
     """Also compute PASCAL VOC AP at IoU 0.5 (voc07_map: 11-point, voc_map: all-point; difficult ignored)."""
+    confusion_threshold: float | None = None
+    """Confidence threshold of ``plots/confusion_matrix*.png``; null uses the recommended threshold (the confidence
+    maximising the mean F1 over classes at IoU 0.5, saved as ``hftrain_score_threshold`` in the model's config)."""
 
 
 @dataclass

@@ -5,8 +5,9 @@ training images of the epoch as the model receives them, ``hftrain.report.train_
 ``results.csv`` (one row per evaluation), the plots of ``hftrain.report.plots`` rebuilt from
 ``metrics.jsonl``, ``plots/pr_curves.png`` from the evaluator's precision array, and
 ``plots/predictions.png``, a grid of the first ``plots.images`` validation images with their
-ground truth and the model's predictions (also sent to TensorBoard as an image). After each
-evaluation's pictures, the trackers that take pictures get them (:meth:`RunPictures._send_to_trackers`):
+ground truth and the model's predictions (also sent to TensorBoard as an image), and the
+confusion matrix and F1 / precision / recall against confidence curves of
+:mod:`hftrain.report.confusion_plots`. After each evaluation's pictures, the trackers that take pictures get them (:meth:`RunPictures._send_to_trackers`):
 TensorBoard every new or redrawn ``plots/*.png`` as an image at the evaluation's step, MLflow
 ``plots/*.png`` as the run's artifacts under ``plots/`` (replaced by each evaluation); the other
 trackers get the scalars and hyper-parameters only.
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hftrain.report import draw
+from hftrain.report import confusion_plots, draw
 from hftrain.report import plots
 from hftrain.report import train_batch as batch_picture
 from hftrain.data.decode import decode_image
@@ -80,16 +81,18 @@ class RunPictures:
             self.worker.submit(self._guard, "training batch picture", self._train_batch, data, batch_size, data_cfg,
                                seed, needs, epoch)
 
-    def after_eval(self, epoch: int, step: int, evaluator) -> None:
-        """Queue results.csv, the plots and the prediction grid for this evaluation."""
+    def after_eval(self, epoch: int, step: int, evaluator, confusion=None) -> None:
+        """Queue results.csv, the plots and the prediction grid for this evaluation (``confusion``:
+        the :class:`hftrain.metrics.confusion.ConfusionEvaluator` that scored it, if any)."""
         if not self.active:
             return
         curves = None
         if self.cfg.enabled and evaluator.last is not None:  # numpy only: saved for `hftrain report` even without matplotlib
             curves = self._guard("precision-recall arrays", plots.pr_curves, evaluator.last, self.class_names, epoch)
+        report = confusion.last if self.cfg.enabled and confusion is not None else None  # a new report per evaluation
         predictions = {p["image_id"]: p for p in evaluator.predictions if p["image_id"] in self.grid_ids}
         self.evaluations += 1
-        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions)
+        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions, (epoch, report))
 
     def close(self) -> None:
         """Wait for the queued pictures (before the trackers close)."""
@@ -119,7 +122,7 @@ class RunPictures:
                                       processes=self.accelerator.num_processes)
         batch_picture.save_png(grid, self.plots_dir / batch_picture.FILE)
 
-    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict) -> None:
+    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict, confusion: tuple) -> None:
         history = self._guard("reading metrics.jsonl", read_history, self.run_dir)
         if history is not None:
             self._guard("results.csv", write_results_csv, history)
@@ -131,6 +134,10 @@ class RunPictures:
             self._guard("evaluation plots", plots.plot_evaluation, runs, self.plots_dir)
         if curves is not None and not superseded:
             self._guard("precision-recall curves", self._pr_curves, curves)
+        epoch, report = confusion
+        if report is not None and not superseded:
+            self._guard("confusion matrix and confidence curves", confusion_plots.write_confusion_plots, report,
+                        self.plots_dir, self.matplotlib, epoch)
         if self.grid_rows:
             self._guard("prediction grid", self._prediction_grid, step, predictions)
         if self.accelerator.trackers and not superseded:

@@ -79,6 +79,11 @@ def test_run_directory_contents(trained, shapes_dir, tmp_path):
     best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
     best_eval = max(records(run_dir, "eval"), key=lambda r: r["map"])
     assert best_info["map"] == best_eval["map"]
+    # the recommended score threshold (best F1 at IoU 0.5) of best/'s epoch and of the last is saved in the config
+    last_eval = records(run_dir, "eval")[-1]
+    assert 0.0 < best_eval["f1_threshold"] < 1.0 and 0.0 < last_eval["f1_threshold"] < 1.0
+    assert json.loads((run_dir / "best" / "config.json").read_text())["hftrain_score_threshold"] == best_eval["f1_threshold"]
+    assert json.loads((run_dir / "model" / "config.json").read_text())["hftrain_score_threshold"] == last_eval["f1_threshold"]
 
 
 def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir):
@@ -90,6 +95,9 @@ def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir)
     detector = pipeline("object-detection", model=str(run_dir / "model"), threshold=0.0)
     found = detector(str(next((shapes_dir / "val").glob("*.jpg"))))
     assert len(found) > 0
+    threshold = detector.model.config.hftrain_score_threshold  # the recommended threshold, as the README uses it
+    kept = detector(str(next((shapes_dir / "val").glob("*.jpg"))), threshold=threshold)
+    assert [f for f in found if f["score"] > threshold] == kept
     assert {"score", "label", "box"} <= set(found[0])
     assert found[0]["label"] in {"rectangle", "ellipse", "triangle"}
 
@@ -133,6 +141,15 @@ def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    # the confusion matrix at the saved recommended threshold, beside the metrics (which now include it)
+    saved = json.loads((run_dir / "eval_best_plots" / "confusion_matrix.json").read_text())
+    assert saved["recommended_threshold"] == metrics["f1_threshold"] == best_info["metrics"]["f1_threshold"]
+    best_config = json.loads((run_dir / "best" / "config.json").read_text())
+    assert saved["threshold"] == best_config["hftrain_score_threshold"]
+    assert saved["threshold_source"] == "best/config.json hftrain_score_threshold"
+    assert {p.name for p in (run_dir / "eval_best_plots").iterdir()} == {
+        "confusion_matrix.json", "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png",
+        "p_curve.png", "r_curve.png"}
     results = json.loads((run_dir / "predictions_best.json").read_text())
     gt = COCO(str(shapes_dir / "val.json"))
     assert results and {r["category_id"] for r in results} <= set(gt.getCatIds())

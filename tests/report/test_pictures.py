@@ -29,7 +29,9 @@ from hftrain.tools.report import duration
 from hftrain.train import train
 
 PICTURES = ["label_stats.png", "loss.png", "lr.png", "grad_norm.png", "timing.png", "metrics.png",
-            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png", "train_batch.png"]
+            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png",
+            "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png", "p_curve.png", "r_curve.png",
+            "train_batch.png"]
 
 
 def train_quietly(tmp, shapes_dir, name, overrides=(), **sections):
@@ -103,6 +105,30 @@ def test_the_model_card_shows_the_final_plots(pictured):
         assert (run_dir / "model" / "plots" / name).read_bytes() == (run_dir / "plots" / name).read_bytes(), name
         assert f"![{name[:-4]}](plots/{name})" in card
     assert not (run_dir / "model" / "plots" / "timing.png").exists()  # only the card's plots are copied
+
+
+def test_the_confusion_matrix_and_the_recommended_threshold_are_saved(pictured, shapes_dir):
+    run_dir, _ = pictured
+    saved = json.loads((run_dir / "plots" / "confusion_matrix.json").read_text())
+    last = eval_records(run_dir)[-1]
+    assert saved["epoch"] == last["epoch"] == 2 and saved["iou"] == 0.5
+    assert saved["class_names"] == ["rectangle", "ellipse", "triangle", "background"]
+    counts = np.array(saved["counts"])
+    boxes = [sum(a["category_id"] == c["id"] for a in json.loads((shapes_dir / "val.json").read_text())["annotations"])
+             for c in json.loads((shapes_dir / "val.json").read_text())["categories"]]
+    assert counts.shape == (4, 4) and counts[:, :3].sum(axis=0).tolist() == boxes  # every box once per column
+    # the matrix is at the recommended threshold; this 2-epoch model may find nothing at IoU 0.5 (test_training's
+    # 20-epoch run checks a threshold that is recommended): then none is saved and the log says so
+    model_config = json.loads((run_dir / "model" / "config.json").read_text())
+    log = (run_dir / "train.log").read_text()
+    if last["f1_threshold"] == -1.0:
+        assert last["f1_50"] == 0.0 and saved["recommended_threshold"] is None and saved["threshold"] == 0.5
+        assert "hftrain_score_threshold" not in model_config
+        assert "epoch 2 F1@0.5 is 0 at every confidence: no recommended score threshold" in log
+    else:
+        assert saved["threshold"] == saved["recommended_threshold"] == last["f1_threshold"] > 0
+        assert model_config["hftrain_score_threshold"] == last["f1_threshold"]
+        assert f"epoch 2 recommended score threshold {last['f1_threshold']:.3f}" in log
 
 
 def test_prediction_grid_draws_the_ground_truth_where_the_labels_say(pictured, shapes_dir):
@@ -224,6 +250,8 @@ def test_without_matplotlib_training_says_so_once_and_writes_the_rest(without_ma
     assert console.count("plots are off") == 1
     assert (run_dir / "results.csv").is_file() and (run_dir / "plots" / "predictions.png").is_file()
     assert (run_dir / "plots" / plots.PR_FILE).is_file()  # numbers kept for `hftrain report`
+    assert (run_dir / "plots" / "confusion_matrix.json").is_file()  # the counts too, without their pictures
+    assert not (run_dir / "plots" / "confusion_matrix.png").exists()
     assert not (run_dir / "plots" / "loss.png").exists()
 
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "check-sampler": ("hftrain.tools.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them"),
     "sweep": ("hftrain.tools.sweep:sweep_main", "train a grid of batch sizes x norms and tabulate the results"),
     "report": ("hftrain.tools.report:report_main", "plots and a markdown summary of one run, or several overlaid"),
+    "export": ("hftrain.tools.export:export_main", "export a run's weights to ONNX, checked against PyTorch with ONNX Runtime"),
 }
 
 

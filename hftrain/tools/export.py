@@ -144,9 +144,13 @@ def input_size(source: Source, size: str | None, multiple: int) -> tuple[int, in
 
 def image_files(paths: list[str], source: Source) -> list[Path]:
     """Up to ``PARITY_IMAGES`` images: from ``--images`` (files or folders), else the recipe's
-    validation image folder."""
-    if not paths and source.recipe is not None and source.recipe.data.val.images:
-        paths = [source.recipe.data.val.images]
+    validation image folder (the shapes demo's generated one), searched recursively."""
+    if not paths and source.recipe is not None:
+        data = source.recipe.data
+        if data.val.images and Path(data.val.images).is_dir():
+            paths = [data.val.images]
+        elif data.synthetic is not None and (Path(data.synthetic.out_dir) / "val").is_dir():  # the shapes demo
+            paths = [str(Path(data.synthetic.out_dir) / "val")]
     found = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -356,7 +360,10 @@ def export(path: str, out: str | None = None, weights: str = "best", opset: int 
     batch = "batch" if dynamic_batch else 1
     print_(f"exported {out_path} ({megabytes:.1f} MB) in {seconds:.1f} s: {source.family}, {exporter} exporter, "
            f"opset {opset}, input {batch}x3x{height}x{width}" + (" + pixel_mask" if detector.uses_pixel_mask else ""))
-    session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # e.g. an op or type without an ONNX Runtime kernel
+        raise ExportError(f"{out_path}: ONNX Runtime cannot load the exported file: {str(err).strip()}") from err
     parity = check_parity(graph, detector, source.family, session, values, masks, input_names, dynamic_batch)
     figures = parity.figures()
     print_(f"parity on {len(values)} {'images' if files else 'random inputs'} (ONNX Runtime vs PyTorch, max |diff|): "

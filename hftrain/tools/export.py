@@ -236,6 +236,14 @@ def export_onnx(graph: torch.nn.Module, example: tuple, input_names: list[str], 
                               opset_version=opset, dynamo=False, dynamic_axes=axes)
 
 
+def file_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def check_parity(graph, detector, family: str, session, values: np.ndarray, masks: np.ndarray,
                  input_names: list[str], dynamic_batch: bool) -> Parity:
     """ONNX Runtime against PyTorch: raw outputs, and detections against hftrain's evaluation
@@ -358,13 +366,24 @@ def export(path: str, out: str | None = None, weights: str = "best", opset: int 
     seconds = time.perf_counter() - start
     megabytes = out_path.stat().st_size / 1e6
     batch = "batch" if dynamic_batch else 1
+    written_opset = file_opset(out_path)
+    if written_opset != opset:  # the dynamo exporter writes its own lowest opset when it cannot convert down
+        print_(f"note: the {exporter} exporter wrote opset {written_opset}, not {opset}")
+        opset = written_opset
     print_(f"exported {out_path} ({megabytes:.1f} MB) in {seconds:.1f} s: {source.family}, {exporter} exporter, "
            f"opset {opset}, input {batch}x3x{height}x{width}" + (" + pixel_mask" if detector.uses_pixel_mask else ""))
     try:
         session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     except Exception as err:  # e.g. an op or type without an ONNX Runtime kernel
         raise ExportError(f"{out_path}: ONNX Runtime cannot load the exported file: {str(err).strip()}") from err
-    parity = check_parity(graph, detector, source.family, session, values, masks, input_names, dynamic_batch)
+    fixed_batch = session.get_inputs()[0].shape[0]
+    if dynamic_batch and not isinstance(fixed_batch, str):
+        raise ExportError(f"{out_path}: --dynamic-batch asked, but the {exporter} exporter fixed the batch at "
+                          f"{fixed_batch} (torch.export specialised it); use --exporter torchscript")
+    try:
+        parity = check_parity(graph, detector, source.family, session, values, masks, input_names, dynamic_batch)
+    except Exception as err:  # onnxruntime's errors: a kernel or a shape the file cannot run
+        raise ExportError(f"{out_path}: ONNX Runtime cannot run the exported file: {str(err).strip()}") from err
     figures = parity.figures()
     print_(f"parity on {len(values)} {'images' if files else 'random inputs'} (ONNX Runtime vs PyTorch, max |diff|): "
            f"logits {parity.logits:.2e}, pred_boxes {parity.pred_boxes:.2e}, scores {parity.scores:.2e}, "
@@ -372,6 +391,7 @@ def export(path: str, out: str | None = None, weights: str = "best", opset: int 
     info = describe(source.family, detector, height, width, resize, batch, class_names, source.config,
                     detector.model.config)
     failures = parity.failures(atol, float(max(height, width)))
+    info["output_shapes"] = {output.name: output.shape for output in session.get_outputs()}
     info.update(source=str(source.model_dir), onnx=out_path.name, opset=opset, exporter=exporter,
                 export_seconds=round(seconds, 2), size_mb=round(megabytes, 2),
                 parity={**figures, "images": [str(f) for f in files], "atol": atol, "passed": not failures})

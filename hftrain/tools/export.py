@@ -353,8 +353,8 @@ def export(path: str, out: str | None = None, weights: str = "best", opset: int 
     example_count = 2 if dynamic_batch else 1  # a batch of 2 keeps the tracer from treating it as a constant 1
     example = tuple(torch.from_numpy(np.repeat(a[:1], example_count, 0)) for a in (values, masks)[:len(input_names)])
     if out is None:
-        out_path = (source.model_dir.parent / "export" / f"{weights}.onnx" if source.recipe is not None
-                    and source.model_dir.name == weights else source.model_dir / "model.onnx")
+        out_path = (source.model_dir.parent / "export" / f"{source.model_dir.name}.onnx" if source.recipe is not None
+                    else source.model_dir / "model.onnx")
     else:
         out_path = Path(out)
     start = time.perf_counter()

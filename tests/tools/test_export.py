@@ -112,6 +112,9 @@ def test_what_cannot_export_says_why_without_a_trace(tmp_path, capsys):
     (other / "config.json").write_text(json.dumps({"model_type": "deformable_detr", "id2label": {"0": "a"}}))
     with pytest.raises(ExportError, match="--opset 13: deformable_detr's deformable attention needs GridSample"):
         export(str(other), opset=13)
+    retinanet = saved_tiny(tmp_path / "retinanet", "retinanet")
+    with pytest.raises(ExportError, match="--exporter dynamo: RetinaNet's per-level candidate counts"):
+        export(str(retinanet), exporter="dynamo")
     with pytest.raises(ExportError, match="neither a run directory"):
         export(str(tmp_path / "missing"))
 

@@ -16,6 +16,7 @@ COMMANDS = {
     "sweep": ("hftrain.tools.sweep:sweep_main", "train a grid of batch sizes x norms and tabulate the results"),
     "report": ("hftrain.tools.report:report_main", "plots and a markdown summary of one run, or several overlaid"),
     "push": ("hftrain.tools.push:push_main", "upload a run's model/ (or best/) with its model card to the Hugging Face Hub"),
+    "export": ("hftrain.tools.export:export_main", "export a run's weights to ONNX, checked against PyTorch with ONNX Runtime"),
 }
 
 

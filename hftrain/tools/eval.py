@@ -1,7 +1,11 @@
 """``hftrain eval RUN_DIR``: evaluate a finished run's weights on its recipe's validation split,
 with the same data path, model builder and evaluation as training. Writes ``eval_WEIGHTS.json``
 (the metrics) and ``predictions_WEIGHTS.json``, a COCO results file (``image_id``,
-``category_id``, ``bbox`` xywh, ``score``) in the dataset's own image and category ids."""
+``category_id``, ``bbox`` xywh, ``score``) in the dataset's own image and category ids, and in
+``eval_WEIGHTS_plots/`` the confusion matrix and the F1 / precision / recall against confidence
+curves (``hftrain.report.confusion_plots``). The matrix is at ``eval.confusion_threshold``, else
+at the weights' saved ``hftrain_score_threshold`` (what a user of the model gets), else at this
+evaluation's recommendation; the saved weights are left as they are."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
 from hftrain.metrics.coco_eval import CocoEvaluator, predictions_to_coco
+from hftrain.metrics.confusion import ConfusionEvaluator
 from hftrain.data.loader import load_data, make_eval_loader, materialise_synthetic
 from hftrain.models.registry import build_model
 from hftrain.recipe import load_recipe
+from hftrain.report import confusion_plots, plots
 from hftrain.report.runlog import RunLog
 from hftrain.engine.accelerator import resolve_precision, use_cpu
 from hftrain.engine.evaluation import predict, score
@@ -46,8 +52,14 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if accelerator.is_main_process else None
     voc_evaluator = VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and accelerator.is_main_process else None
+    threshold, threshold_from = recipe.eval.confusion_threshold, "eval.confusion_threshold"  # the matrix's
+    if threshold is None and getattr(detector.model.config, "hftrain_score_threshold", None) is not None:
+        threshold, threshold_from = detector.model.config.hftrain_score_threshold, \
+            f"{weights}/config.json hftrain_score_threshold"
+    confusion = ConfusionEvaluator(evaluator.gt_dict, data.class_names, threshold, source=threshold_from) \
+        if accelerator.is_main_process else None
     predictions = predict(model, loader, accelerator, detector, normalize, recipe.eval.max_detections)
-    metrics = score(predictions, accelerator, evaluator, voc_evaluator)
+    metrics = score(predictions, accelerator, evaluator, voc_evaluator, confusion)
     log = RunLog(run_dir, accelerator.is_main_process)
     log.print(f"evaluated {source} on {len(data.val)} validation images")
     log.metrics_table(f"{source}", metrics)
@@ -60,6 +72,9 @@ def evaluate_run(run_dir: str | Path, weights: str = "best") -> dict:
         (run_dir / f"predictions_{weights}.json").write_text(json.dumps(results))
         log.print(f"predictions: {run_dir / f'predictions_{weights}.json'} ({len(results)} detections, category ids "
                   + ("the dataset's own)" if data.category_ids is not None else "= class indices)"))
+        plots_dir = run_dir / f"eval_{weights}_plots"  # the confusion matrix and the confidence curves
+        confusion_plots.write_confusion_plots(confusion.last, plots_dir, plots.available() is None)
+        log.print(confusion.last.describe(), f"confusion matrix and F1 / precision / recall curves: {plots_dir}")
     return metrics
 
 

@@ -85,3 +85,22 @@ def tiny_recipe(shapes_dir: Path, run_dir: Path, model: str = "rt_detr", **secti
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_dir) -> tuple[dict, Path]:
+    """One tiny RT-DETR run (8 training images, 40 steps): its last metrics and run directory, shared by
+    the tests that only read its outputs (tests/engine/test_training.py, tests/tools/test_predict.py ...)."""
+    from accelerate.state import AcceleratorState
+
+    from hftrain.recipe import load_recipe
+    from hftrain.train import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = tiny_recipe(shapes_dir, tmp / "run", train={"epochs": 20}, eval={"interval": 10}, optim={"lr": 2e-3},
+                         schedule={"name": "constant"}, checkpoint={"interval": 5, "keep": 2})
+    path = write_recipe(tmp / "run.yaml", recipe)
+    metrics = train(load_recipe(path, ["data.train.subset=8", "data.hflip=0.0"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return metrics, tmp / "run"

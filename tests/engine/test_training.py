@@ -23,15 +23,10 @@ def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=
     return train(load_recipe(path, list(overrides)), resume=resume), tmp_path / name
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_dir):
-    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    tmp = tmp_path_factory.mktemp("trained")
-    metrics, run_dir = run(tmp, shapes_dir, overrides=["data.train.subset=8", "data.hflip=0.0"],
-                           train={"epochs": 20}, eval={"interval": 10}, optim={"lr": 2e-3},
-                           schedule={"name": "constant"}, checkpoint={"interval": 5, "keep": 2})
-    return metrics, run_dir
+@pytest.fixture
+def trained(trained_run):
+    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs (conftest)."""
+    return trained_run
 
 
 def test_loss_falls_and_metrics_are_logged(trained):

@@ -81,7 +81,8 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
         data = load_data(data_cfg, seed=recipe.train.seed)
         dataset, class_names, category_ids = data.val, data.class_names, data.category_ids
     else:  # one split, read as training reads val
-        loaded = read_split(data_cfg, split)
+        # train: without the images data.val.from_train holds out, as training read it
+        loaded = read_split(data_cfg, split, hold_out=data_cfg.val.from_train if split == "train" else None)
         class_names = class_names_of(loaded.dataset)
         dataset = DetectionDataset(loaded, make_resize(data_cfg), hflip=0.0)
         category_ids = source_category_ids(loaded.report.category_ids, class_names)

@@ -12,6 +12,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from hftrain.cli import main as cli_main
+from hftrain.data.shapes import generate_shapes_coco
 from hftrain.tools.eval import evaluate_run
 from hftrain.tools.predict import collect_images, predict_images
 
@@ -20,13 +21,17 @@ def read(out: Path) -> tuple[list[dict], dict]:
     return json.loads((out / "predictions.json").read_text()), json.loads((out / "summary.json").read_text())
 
 
-def test_predict_on_a_folder_matches_eval_and_writes_original_ids_and_drawn_images(trained_run, shapes_dir, tmp_path):
+def test_predict_on_a_folder_matches_eval_and_writes_original_ids_and_drawn_images(trained_run, tmp_path):
     _, run_dir = trained_run
-    predicted = predict_images(run_dir, [str(shapes_dir / "val")], tmp_path / "out", threshold=0.0, batch_size=4)
+    # 96-pixel images: resized to the run's 64 and the boxes scaled back, by predict as by eval
+    labels = generate_shapes_coco(tmp_path / "data", "other", 6, image_size=96, seed=5)
+    folder = tmp_path / "data" / "other"
+    predicted = predict_images(run_dir, [str(folder)], tmp_path / "out", threshold=0.0, batch_size=4)
     results, summary = read(tmp_path / "out")
     assert results == predicted["predictions"] and results
-    val_files = sorted(p.name for p in (shapes_dir / "val").glob("*.jpg"))
-    assert [Path(i["file_name"]).name for i in summary["images"]] == val_files and summary["unreadable"] == []
+    files = sorted(p.name for p in folder.glob("*.jpg"))
+    assert [Path(i["file_name"]).name for i in summary["images"]] == files and summary["unreadable"] == []
+    assert {(i["width"], i["height"]) for i in summary["images"]} == {(96, 96)}
     assert summary["model"] == str(run_dir / "best") and summary["threshold_from"] == "--threshold"
     # the shapes COCO file numbers its categories 1..3: the results use them, not the labels 0..2
     assert summary["category_ids"] == "the dataset's own"
@@ -35,16 +40,17 @@ def test_predict_on_a_folder_matches_eval_and_writes_original_ids_and_drawn_imag
     assert {r["category_id"] for r in results} <= {1, 2, 3} and 3 in {r["category_id"] for r in results}
     for r in results:
         x, y, w, h = r["bbox"]
-        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64 + 1e-4 and y + h <= 64 + 1e-4
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 96 + 1e-4 and y + h <= 96 + 1e-4
     drawn = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
-    assert drawn == val_files
-    assert Image.open(tmp_path / "out" / "images" / val_files[0]).size == (64, 64)
+    assert drawn == files
+    assert Image.open(tmp_path / "out" / "images" / files[0]).size == (96, 96)
 
     # the evaluation path on the same images gives the same detections (same preprocessing, same model)
     AcceleratorState._reset_state(reset_partial_state=True)
-    evaluate_run(run_dir)
-    evaluated = json.loads((run_dir / "predictions_best.json").read_text())
-    names = {im["id"]: im["file_name"] for im in json.loads((shapes_dir / "val.json").read_text())["images"]}
+    evaluate_run(run_dir, split="test", data_overrides=[f"data.test.images={folder}", f"data.test.labels={labels}"],
+                 name="predict_check")
+    evaluated = json.loads((run_dir / "predictions_best_predict_check.json").read_text())
+    names = {im["id"]: im["file_name"] for im in json.loads(labels.read_text())["images"]}
 
     def by_file(entries, name_of):
         grouped = {}
@@ -65,7 +71,7 @@ def test_glob_threshold_default_and_saved_threshold(trained_run, shapes_dir, tmp
     _, run_dir = trained_run
     pattern = str(shapes_dir / "val" / "*.jpg")
     all_scores = [r["score"] for r in predict_images(run_dir, [pattern], tmp_path / "all", threshold=0.0,
-                                                     draw=False)["predictions"]]
+                                                     draw=False, workers=1)["predictions"]]  # a decoding worker
     assert not (tmp_path / "all" / "images").exists()
     cut = sorted(all_scores)[len(all_scores) // 2]  # half the detections pass
     AcceleratorState._reset_state(reset_partial_state=True)

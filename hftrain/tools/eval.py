@@ -66,7 +66,8 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
     if bad := [o for o in data_overrides if not o.startswith("data.")]:
         raise ValueError(f"--data: {bad}: only keys of the recipe's data section (data.KEY=VALUE)")
     recipe = load_recipe(recipe_path, data_overrides, check_paths=False)  # only the evaluated split must exist
-    if recipe.data.synthetic is None and split != "val" and getattr(recipe.data, split).images is None:
+    generated = recipe.data.synthetic is not None and split in ("train", "val")  # the shapes demo writes these
+    if not generated and split != "val" and getattr(recipe.data, split).images is None:
         raise ValueError(f"data.{split}: not set in {recipe_path}; describe it with --data data.{split}.images=... "
                          f"data.{split}.labels=...")
     reading = ("train", "val") if split == "val" else (split,)  # val: read with train (data.val.from_train)

@@ -13,9 +13,10 @@ COMMANDS = {
     "convert": ("hftrain.data.convert:convert_main", "convert COCO / VOC / BDD100K / FRED / YOLO / HF datasets into the Hub detection schema"),
     "scan": ("hftrain.data.blacklist:scan_main", "decode every image and write a blacklist of broken ones"),
     "doctor": ("hftrain.tools.doctor:doctor_main", "one health report of a recipe (data, batch, lr, frozen parameters, precision)"),
-    "check-sampler": ("hftrain.tools.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them"),
+    "check-sampler": ("hftrain.tools.doctor:check_sampler_main", "class mix of the first batches as the training sampler delivers them (--pictures: their images as the model receives them)"),
     "sweep": ("hftrain.tools.sweep:sweep_main", "train a grid of batch sizes x norms and tabulate the results"),
     "report": ("hftrain.tools.report:report_main", "plots and a markdown summary of one run, or several overlaid"),
+    "push": ("hftrain.tools.push:push_main", "upload a run's model/ (or best/) with its model card to the Hugging Face Hub"),
 }
 
 

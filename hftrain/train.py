@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from transformers.utils import logging as hf_logging
 
 from hftrain.data.loader import load_data, make_eval_loader, make_train_loader, materialise_synthetic
-from hftrain.engine import checkpoints
+from hftrain.engine import checkpoints, early_stop, publish, trackers
 from hftrain.engine.accelerator import cpu_threads, make_accelerator, speed_settings, use_cpu
 from hftrain.engine.batching import MicroBatching
 from hftrain.engine.ema import ModelEma
@@ -43,6 +43,7 @@ from hftrain.health.memory_view import MemoryView
 from hftrain.health.oom import install_injection, resolve_auto_batch
 from hftrain.health.preemption import StopSignal
 from hftrain.metrics.coco_eval import CocoEvaluator
+from hftrain.metrics.confusion import ConfusionEvaluator
 from hftrain.metrics.voc_eval import VocEvaluator
 from hftrain.models.inputs import Normalize, configure_processor, model_inputs
 from hftrain.models.pretrained import PretrainedError
@@ -89,18 +90,19 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
                                                                   accelerator.device.type))
     if accelerator.is_main_process:
         save_recipe(recipe, Path(recipe.output_dir) / "recipe.yaml")
-    if accelerator.log_with:
-        accelerator.init_trackers("hftrain")
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
                + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
     log.print(*data.notes)
     log.print(*detector.notes)
+    trackers.start(accelerator, recipe, log, run.state.step if resume else None)  # log.trackers: continue a resumed run
     log.record("config", {"effective_batch": run.phases[0].batch_size * run.phases[0].accumulation
                           * accelerator.num_processes, "num_processes": accelerator.num_processes,
                           "precision": accelerator.mixed_precision}, run.state.step)
     run.pictures.label_statistics(data.train)  # plots/label_stats.png, drawn in the background
+    run.pictures.train_batch(data, phase_at(run.phases, start_epoch).batch_size, recipe.data, recipe.train.seed,
+                             detector, start_epoch)  # plots.train_batch: this epoch's first batches, from a loader of their own
     return fit(run, start_epoch, exit_code)
 
 
@@ -134,12 +136,15 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
                                     recipe.schedule.warmup_steps, log, run_dir, accelerator.process_index)
         health.guard.hooks = health.debug.hooks
     trainable = {name for name, p in detector.model.named_parameters() if p.requires_grad}
+    evaluator = CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if main else None
     run = Run(recipe, accelerator, detector, model, optimizer, scheduler,
               Normalize(detector.image_mean, detector.image_std, accelerator.device), log, health,
               Meter(recipe.log.loss_window), bad_limit=recipe.data.max_bad_fraction * len(data.train) / accelerator.num_processes,
               trainable_by_design=trainable, wrapped_trainable=trainable, phases=phases, val_loader=val_loader,
-              evaluator=CocoEvaluator(data.val.rows, data.class_names, recipe.eval.backend) if main else None,
+              evaluator=evaluator,
               voc_evaluator=VocEvaluator(data.val.rows, data.class_names) if recipe.eval.voc and main else None,
+              confusion=ConfusionEvaluator(evaluator.gt_dict, data.class_names, recipe.eval.confusion_threshold)
+              if main else None,
               pictures=RunPictures(run_dir, recipe.plots, log, accelerator, data.val, data.class_names))
     run.state.epoch_batches = len(train_loader)
     run.state.process_index, run.state.num_processes = accelerator.process_index, accelerator.num_processes
@@ -150,7 +155,7 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
 
 
 def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
-    """The epochs: phase changes, one epoch of training, evaluation and ``best/``, checkpoints."""
+    """The epochs: phase changes, one epoch of training, evaluation and ``best/``, early stopping, checkpoints."""
     recipe, state, accelerator = run.recipe, run.state, run.accelerator
     metrics: dict = {}
     if recipe.guard.nonfinite == "rollback" and not checkpoints.complete_checkpoints(Path(recipe.output_dir)):
@@ -176,8 +181,11 @@ def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
             return run.health.stop.exit_code if exit_code else metrics
         state.batches_done = 0
         last = epoch == recipe.train.epochs or ended is Outcome.MAX_STEPS
-        if (recipe.eval.during_training and epoch % recipe.eval.interval == 0) or last:
+        evaluated = (recipe.eval.during_training and epoch % recipe.eval.interval == 0) or last
+        if evaluated:
             metrics = evaluate_epoch(run, epoch)
+        if evaluated and recipe.train.early_stop.patience and early_stop.should_stop(run, metrics, epoch):
+            last = True  # train.early_stop: patience evaluations without improvement: the run ends here (best/ kept)
         every = recipe.checkpoint.every_steps
         if epoch % recipe.checkpoint.interval == 0 or last or (every and state.step % every == 0):
             save_checkpoint(run, epoch_complete=True)
@@ -188,14 +196,16 @@ def fit(run: Run, epoch: int, exit_code: bool) -> dict | int:
 
 
 def finish(run: Run, metrics: dict, exit_code: bool) -> dict | int:
-    """The guard's summary, ``model/`` (the final weights), the pictures, the trackers."""
+    """The guard's summary, the pictures, ``model/`` (the final weights and their card), the Hub, the trackers."""
     if run.health.guard.summary():  # non-finite steps: where the report is
         run.log.print(run.health.guard.summary())
+    run.pictures.close()  # wait for the queued pictures (the model card copies the plots)
     run.accelerator.wait_for_everyone()
     model_dir = Path(run.recipe.output_dir) / "model"  # written by the main process; a failure stops every process
-    checkpoints.save_on_main(run.accelerator, run.export, model_dir, {"epoch": run.state.epoch, "metrics": metrics})
+    publish.save_model(run, run.export, model_dir, publish.model_info(run, run.state.epoch, metrics))
     run.log.print(f"saved {model_dir} (load with AutoModelForObjectDetection.from_pretrained)")
-    run.pictures.close()  # wait for the queued pictures
+    if run.recipe.hub.push:  # hub.push: upload model/ (a failure is logged; the run still ends normally)
+        publish.push_model(run, model_dir)
     run.accelerator.end_training()
     return 0 if exit_code else metrics
 

@@ -1,4 +1,4 @@
-"""The Accelerator a recipe asks for: device, processes, precision, accumulation, trackers."""
+"""The Accelerator a recipe asks for: device, processes, precision, accumulation, trackers (``log_with``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
+
+from hftrain.engine.trackers import tracker_names
 
 
 def resolve_precision(mode: str) -> str:
@@ -79,14 +81,7 @@ def speed_settings(recipe, device: torch.device) -> list[tuple[str, str]]:
 
 def make_accelerator(recipe, find_unused_parameters: bool) -> Accelerator:
     run_dir = Path(recipe.output_dir)
-    log_with = None
-    if recipe.log.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-
-            log_with = "tensorboard"
-        except ImportError:
-            pass
+    log_with = tracker_names(recipe.log) or None  # log.trackers (and log.tensorboard): started by trackers.start
     return Accelerator(
         cpu=use_cpu(),
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,

@@ -24,7 +24,7 @@ checkpoint, ``best/`` and ``model/`` stay as they were. Every file is fsynced be
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import hashlib
 import json
@@ -261,9 +261,11 @@ def read_state(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
 
 
-def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> None:
+def save_pretrained_dir(detector, target: Path, extra: dict | None = None,
+                        describe: Callable[[Path], None] | None = None) -> None:
     """Write the detector's weights and image processor (``Detector.save``) to ``target`` atomically:
-    into ``<target>.partial``, fsynced, then swapped in (the old folder moves to ``<target>.old``
+    into ``<target>.partial`` (with ``extra`` as hftrain_info.json, then whatever ``describe(partial)`` adds:
+    the model card), fsynced, then swapped in (the old folder moves to ``<target>.old``
     and is removed after the rename). A failed write removes the partial folder, leaves ``target``
     as it was and raises :class:`CheckpointWriteError` (one line: what, where, why)."""
     target = Path(target)
@@ -274,6 +276,8 @@ def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> No
         detector.save(partial)
         if extra is not None:
             (partial / "hftrain_info.json").write_text(json.dumps(extra, indent=2))
+        if describe is not None:
+            describe(partial)
         fsync_tree(partial)
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -289,13 +293,14 @@ def save_pretrained_dir(detector, target: Path, extra: dict | None = None) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_on_main(accelerator, detector, target: Path, extra: dict | None = None) -> None:
+def save_on_main(accelerator, detector, target: Path, extra: dict | None = None,
+                 describe: Callable[[Path], None] | None = None) -> None:
     """:func:`save_pretrained_dir` on the main process (every process calls this); a failure
     raises :class:`CheckpointWriteError` on every process instead of leaving them waiting."""
     failure = None
     if accelerator.is_main_process:
         try:
-            save_pretrained_dir(detector, target, extra)
+            save_pretrained_dir(detector, target, extra, describe)
         except CheckpointWriteError as err:
             failure = str(err)
     failure = agree_on_failure(accelerator, failure)

@@ -4,6 +4,7 @@ run context (:class:`Run`) that the loop's functions take instead of a dozen par
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -36,27 +37,42 @@ class LoopState:
     bad_images: int = 0  # images of this epoch that failed to decode on this process (data.max_bad_fraction)
     save_count: int = 0
     best: float | None = None  # best value of checkpoint.best_metric so far
+    early_reference: float | None = None  # train.early_stop: checkpoint.best_metric at the last improvement
+    evals_without_improvement: int = 0  # train.early_stop: evaluations in a row since then
     ema: ModelEma | None = None  # ema.enabled: the weights' moving average (checkpoints hold it as ema.pt)
     lr_scale: float = 1.0  # guard.nonfinite: rollback: product of the rollbacks' lr_factor (times every phase's peak)
     rollbacks: int = 0  # rollbacks so far (guard.max_rollbacks)
     process_index: int = 0  # this process, of num_processes (each counts its own bad images)
     num_processes: int = 1
+    seconds_before: float = 0.0  # training wall-clock seconds of the sessions before a resume (trainer_state.json)
+    session_start: float = field(default_factory=time.monotonic)
+
+    def train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained: this session's so far plus the earlier sessions' up to the
+        checkpoint a resume started from (the model card's training time)."""
+        return self.seconds_before + time.monotonic() - self.session_start
 
     def saved(self, epoch_complete: bool) -> dict:
         """What trainer_state.json holds. Saves inside the epoch are never "complete", even after its
         last batch: a resumed run then still does the epoch's end (evaluation, best/, checkpoint)."""
         return {"epoch": self.epoch, "step": self.step, "batches_done": self.batches_done,
                 "epoch_complete": epoch_complete, "save_count": self.save_count, "best": self.best,
-                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
+                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks, "early_reference": self.early_reference,
+                "evals_without_improvement": self.evals_without_improvement,
+                "train_seconds": round(self.train_seconds(), 3)}
 
     def resume_at(self, saved: dict, rollback: bool = False) -> None:
         """Position the loop where a checkpoint's trainer_state.json says (a resume or a rollback):
         after a complete epoch the next one starts; inside an epoch, the same epoch at its batch,
         with the bad images its processes had counted so far (``bad_images``, one per process; a
         resume on another number of processes shares their sum). A resume also takes the guard's
-        lr scale and rollback count; a ``rollback`` keeps the run's own (the guard then lowers it)."""
+        lr scale and rollback count, and early stopping's count; a ``rollback`` keeps the run's own (the
+        guard then lowers the lr scale; like ``best``, the count spans the rolled-back steps)."""
         if not rollback:
             self.lr_scale, self.rollbacks = saved.get("lr_scale", 1.0), saved.get("rollbacks", 0)
+            self.early_reference = saved.get("early_reference")
+            self.evals_without_improvement = saved.get("evals_without_improvement", 0)
+            self.seconds_before = saved.get("train_seconds", 0.0)
         self.step = saved["step"]
         self.epoch = saved["epoch"] + 1 if saved["epoch_complete"] else saved["epoch"]
         self.batches_done = 0 if saved["epoch_complete"] else saved["batches_done"]
@@ -102,5 +118,6 @@ class Run:
     val_loader: Any = None
     evaluator: Any = None  # hftrain.metrics.coco_eval.CocoEvaluator (main process only)
     voc_evaluator: Any = None  # eval.voc: hftrain.metrics.voc_eval.VocEvaluator (main process only)
+    confusion: Any = None  # hftrain.metrics.confusion.ConfusionEvaluator: matrix, F1 curve, threshold (main process only)
     pictures: Any = None  # hftrain.report.pictures.RunPictures: plots and prediction grids after evaluations
     export: Any = None  # the detector best/ and model/ save: the EMA's weights with ema.enabled

@@ -11,7 +11,7 @@ from hftrain.recipe.schema import Recipe, SplitConfig
 def check_values(recipe: Recipe, problems: list[str]) -> None:
     """Range checks that a type alone cannot express, section by section; every problem is appended."""
     for check in (_check_counts, _check_rates, _check_best_metric_and_saving, _check_data, _check_ema_and_cuda,
-                  _check_model):
+                  _check_model, _check_trackers, _check_early_stop, _check_hub):
         check(recipe, problems)
 
 
@@ -64,6 +64,8 @@ def _check_rates(recipe: Recipe, problems: list[str]) -> None:
         problems.append(f"plots.images: must be 0 or more, got {recipe.plots.images}")
     if not 0.0 <= recipe.plots.score_threshold <= 1.0:
         problems.append(f"plots.score_threshold: must be in [0, 1], got {recipe.plots.score_threshold}")
+    if recipe.eval.confusion_threshold is not None and not 0.0 <= recipe.eval.confusion_threshold <= 1.0:
+        problems.append(f"eval.confusion_threshold: must be in [0, 1] or null, got {recipe.eval.confusion_threshold}")
 
 
 def _check_best_metric_and_saving(recipe: Recipe, problems: list[str]) -> None:
@@ -165,6 +167,59 @@ def _check_model(recipe: Recipe, problems: list[str]) -> None:
         near = difflib.get_close_matches(recipe.model.name, list(MODELS), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         problems.append(f"model.name: unknown model {recipe.model.name!r}{hint}; known: {sorted(MODELS)}")
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+"""Accelerate's trackers (``log_with`` names) and the pip package each needs."""
+
+
+def _check_trackers(recipe: Recipe, problems: list[str]) -> None:
+    """``log.trackers``: names Accelerate knows, whose packages import (before any data is read)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(name) for name in get_available_trackers()}
+    for name in recipe.log.trackers:
+        if name not in TRACKER_PACKAGES:
+            near = difflib.get_close_matches(name, list(TRACKER_PACKAGES), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append(f"log.trackers: unknown tracker {name!r}{hint}; Accelerate's trackers: {list(TRACKER_PACKAGES)}")
+        elif name not in available:
+            problems.append(f"log.trackers: {name} is not installed; pip install {TRACKER_PACKAGES[name]} "
+                            f"(or remove {name} from log.trackers)")
+    if "tensorboard" in recipe.log.trackers and not recipe.log.tensorboard:
+        problems.append("log.tensorboard: false, but log.trackers names tensorboard; keep one of the two")
+
+
+def _check_early_stop(recipe: Recipe, problems: list[str]) -> None:
+    """``train.early_stop``: a patience of at least one evaluation, a non-negative delta, evaluations to count."""
+    early = recipe.train.early_stop
+    if early.patience is None:
+        return
+    if early.patience < 1:
+        problems.append(f"train.early_stop.patience: must be at least 1 evaluation (or null: off), got {early.patience}")
+    if early.min_delta < 0:
+        problems.append(f"train.early_stop.min_delta: must be 0 or more, got {early.min_delta}")
+    if not recipe.eval.during_training:
+        problems.append("train.early_stop: counts evaluations, but eval.during_training is false (only the last "
+                        "epoch is evaluated); set eval.during_training: true or train.early_stop.patience: null")
+
+
+def _check_hub(recipe: Recipe, problems: list[str]) -> None:
+    """``hub.push`` / ``hub.push_best`` name a valid repository id (found now, not after training)."""
+    hub = recipe.hub
+    wanted = [key for key in ("push", "push_best") if getattr(hub, key)]
+    if wanted and not hub.repo_id:
+        problems.append(f"hub.repo_id: hub.{' and hub.'.join(wanted)} need{'s' if len(wanted) == 1 else ''} the "
+                        "repository to upload to, "
+                        f"e.g. hub.repo_id=your-name/{Path(recipe.output_dir).name}")
+    if hub.repo_id:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(hub.repo_id)
+        except HFValidationError as err:
+            problems.append(f"hub.repo_id: {hub.repo_id!r} is not a Hub repository id ({err})")
 
 
 def missing_paths(recipe: Recipe) -> list[str]:

@@ -223,6 +223,20 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """``train.early_stop``: end the run when ``checkpoint.best_metric`` stops improving (off by default)."""
+
+    patience: int | None = None
+    """Evaluations in a row without improvement that end the run (counted in evaluations, not epochs:
+    with eval.interval 5, patience 3 is 15 epochs); null: never stop early. ``best/`` is kept and
+    ``model/`` is written as at any other end; the count is saved in each checkpoint, so a resumed run
+    stops at the same evaluation as an uninterrupted one."""
+    min_delta: float = 0.0
+    """An evaluation improves when ``checkpoint.best_metric`` beats the value of the last improvement by
+    more than this (in the direction of ``checkpoint.best_mode``); smaller gains add up until they do."""
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     """Number of epochs."""
@@ -247,6 +261,8 @@ class TrainConfig:
     """Compile the model with ``torch.compile`` (Accelerate's ``dynamo_backend: inductor``). Off by
     default: untested on GPU here, and images of varying sizes (resize: shortest_edge) recompile;
     see the README for the families that compiled on CPU."""
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    """Early stopping on ``checkpoint.best_metric`` (``patience`` evaluations without improvement)."""
 
 
 @dataclass
@@ -298,6 +314,9 @@ class EvalConfig:
     5,000 images x 100 detections, 7x less time in bench/bench_eval.py) or pycocotools (the reference)."""
     voc: bool = False
     """Also compute PASCAL VOC AP at IoU 0.5 (voc07_map: 11-point, voc_map: all-point; difficult ignored)."""
+    confusion_threshold: float | None = None
+    """Confidence threshold of ``plots/confusion_matrix*.png``; null uses the recommended threshold (the confidence
+    maximising the mean F1 over classes at IoU 0.5, saved as ``hftrain_score_threshold`` in the model's config)."""
 
 
 @dataclass
@@ -319,7 +338,15 @@ class LogConfig:
     interval: int = 10
     """Optimizer steps between log lines (console, metrics.jsonl, TensorBoard)."""
     tensorboard: bool = True
-    """Log to TensorBoard through Accelerate when tensorboard is installed."""
+    """Also log to TensorBoard when tensorboard is installed (the switch from before ``trackers``, kept):
+    true adds tensorboard to ``trackers`` if the package imports, and says so in the log if it does
+    not; false leaves TensorBoard out unless ``trackers`` names it."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers, through Accelerate's ``log_with``: any of tensorboard, wandb, mlflow,
+    comet_ml, aim, clearml, dvclive, swanlab, trackio. Each gets the same scalars as metrics.jsonl,
+    the resolved recipe as hyper-parameters (dotted keys) and, where it takes them, the plots. A
+    named tracker whose package is missing is a recipe error (with the pip command). mlflow: a file
+    store in RUN_DIR/mlruns unless MLFLOW_TRACKING_URI is set."""
     loss_window: int = 50
     """Optimizer steps over which loss variance, trend, clipped fraction and gradient norm are summarised."""
 
@@ -350,6 +377,12 @@ class PlotsConfig:
     """Validation images in the prediction grid: the first this many of the validation set (0: no grid)."""
     score_threshold: float = 0.3
     """Predictions drawn in the grid score at least this."""
+    train_batch: bool = True
+    """With ``enabled``: draw ``plots/train_batch.png`` at the start of training (PIL only, in the background):
+    the first 16 training images of the epoch the run starts in, exactly as the model receives them (augmented,
+    padded, uint8 before normalisation) with the boxes the loss gets and their class names, taken from a
+    loader of its own with the run's seed and epoch (the run's order is untouched).
+    ``hftrain check-sampler RECIPE --pictures`` draws it without training."""
 
 
 @dataclass
@@ -390,6 +423,30 @@ class CudaConfig:
 
 
 @dataclass
+class HubConfig:
+    """Publishing ``model/`` (and ``best/``) on the Hugging Face Hub with ``huggingface_hub``
+    (``hftrain.report.hub_push``); ``hftrain push RUN_DIR REPO_ID`` does the same after a run. Only the main
+    process uploads; a failed upload (no token, no network, no write access) is logged and the run goes on,
+    the local folders untouched."""
+
+    push: bool = False
+    """Upload ``model/`` (weights, image processor, model card README.md, plots/) to ``repo_id`` at the end
+    of training."""
+    repo_id: str | None = None
+    """The Hub model repository, ``user-or-org/name``; created when missing. Required by push and push_best."""
+    private: bool = False
+    """Create the repository as private (an existing repository keeps its visibility)."""
+    revision: str | None = None
+    """Branch to upload to (created from the default branch when missing); null: the default branch (main)."""
+    push_best: bool = False
+    """Also upload ``best/`` each time it improves, so the Hub holds the best weights while training goes
+    on; the end-of-training upload of ``model/`` (push: true) then replaces them."""
+    license: str | None = None
+    """License written in the model card's metadata (a Hub license id such as apache-2.0); null leaves it out
+    (the license of pretrained weights is theirs to check)."""
+
+
+@dataclass
 class Recipe:
     output_dir: str = "runs/default"
     """Run directory: checkpoints, logs, metrics.jsonl, recipe.yaml, model/."""
@@ -406,6 +463,7 @@ class Recipe:
     guard: GuardConfig = field(default_factory=GuardConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     cuda: CudaConfig = field(default_factory=CudaConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     phases: list[PhaseConfig] = field(default_factory=list)
     """Training phases in order (e.g. a frozen-backbone phase, then an unfrozen one); empty: one phase of
     ``train.epochs`` with the ``train``/``optim`` values. With phases, ``train.epochs`` is set to their sum."""

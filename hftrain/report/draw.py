@@ -80,7 +80,8 @@ def line_width(cell: int = CELL) -> int:
     return max(2, cell // 128)
 
 
-def _font(size: int):
+def font(size: int):
+    """PIL's default font at ``size`` pixels (its one bitmap size on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one bitmap size
@@ -95,18 +96,18 @@ def _text_colour(colour) -> tuple[int, int, int]:
 def draw_boxes(panel: Image.Image, boxes, colours, texts, scale: float, width: int) -> None:
     """Outline each box in its colour and label it on a patch of that colour (above the box when it fits)."""
     draw = ImageDraw.Draw(panel)
-    font = _font(max(10, width * 5))
+    label_font = font(max(10, width * 5))
     for box, colour, text in zip(boxes, colours, texts):
         left, top, right, bottom = box_outline(box, scale)
         draw.rectangle((left, top, right, bottom), outline=colour, width=width)
         if not text:
             continue
-        tl, tt, tr, tb = draw.textbbox((0, 0), text, font=font)
+        tl, tt, tr, tb = draw.textbbox((0, 0), text, font=label_font)
         tw, th = tr - tl + 4, tb - tt + 2
         y = top - th if top - th >= 0 else top
         x = min(left, max(0, panel.width - tw))
         draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=colour)
-        draw.text((x + 2 - tl, y + 1 - tt), text, fill=_text_colour(colour), font=font)
+        draw.text((x + 2 - tl, y + 1 - tt), text, fill=_text_colour(colour), font=label_font)
 
 
 def render_panel(sample: Sample, which: int, class_names: list[str], score_threshold: float,
@@ -147,7 +148,7 @@ def prediction_grid(samples: list[Sample], class_names: list[str], score_thresho
     height = GAP + rows * (cell + TITLE + GAP)
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
-    font = _font(11)
+    caption_font = font(11)
     for index, sample in enumerate(samples):
         for which in (0, 1):
             x, y = panel_origin(index, which, columns, cell)
@@ -157,5 +158,5 @@ def prediction_grid(samples: list[Sample], class_names: list[str], score_thresho
             else:
                 shown = sum(s >= score_threshold for s in sample.pred_scores)
                 caption = f"predictions >= {score_threshold:.2f} ({shown})"
-            draw.text((x + 2, y - TITLE + 3), caption, fill=(230, 230, 230), font=font)
+            draw.text((x + 2, y - TITLE + 3), caption, fill=(230, 230, 230), font=caption_font)
     return grid

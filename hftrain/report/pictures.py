@@ -1,10 +1,16 @@
 """What a run directory shows besides numbers, drawn while the run trains.
 
-At the start: ``plots/label_stats.png`` (the training labels). After each evaluation:
+At the start: ``plots/label_stats.png`` (the training labels) and ``plots/train_batch.png`` (the first
+training images of the epoch as the model receives them, ``hftrain.report.train_batch``). After each evaluation:
 ``results.csv`` (one row per evaluation), the plots of ``hftrain.report.plots`` rebuilt from
 ``metrics.jsonl``, ``plots/pr_curves.png`` from the evaluator's precision array, and
 ``plots/predictions.png``, a grid of the first ``plots.images`` validation images with their
-ground truth and the model's predictions (also sent to TensorBoard as an image).
+ground truth and the model's predictions (also sent to TensorBoard as an image), and the
+confusion matrix and F1 / precision / recall against confidence curves of
+:mod:`hftrain.report.confusion_plots`. After each evaluation's pictures, the trackers that take pictures get them (:meth:`RunPictures._send_to_trackers`):
+TensorBoard every new or redrawn ``plots/*.png`` as an image at the evaluation's step, MLflow
+``plots/*.png`` as the run's artifacts under ``plots/`` (replaced by each evaluation); the other
+trackers get the scalars and hyper-parameters only.
 
 Only the main process draws, on one background thread: the evaluation hands over a snapshot
 (the PR arrays and the grid images' predictions) and training goes on at once, so no process
@@ -20,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from hftrain.report import draw
+from hftrain.report import confusion_plots, draw
 from hftrain.report import plots
+from hftrain.report import train_batch as batch_picture
 from hftrain.data.decode import decode_image
 from hftrain.data.schema import objects_of, resolve_image_path
 from hftrain.report.history import read_history, write_results_csv
@@ -45,6 +53,7 @@ class RunPictures:
         self.evaluations = 0  # queued so far; a plot job that a newer one follows skips the curves
         self.grid_rows: list[dict] = []
         self.grid_ids: set[int] = set()
+        self.sent: dict[str, int] = {}  # plots/*.png already sent to TensorBoard: name -> modification time (ns)
         if not self.active:
             return
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hftrain-pictures")
@@ -64,16 +73,26 @@ class RunPictures:
         if self.active and self.matplotlib:
             self.worker.submit(self._guard, "label statistics", self._label_statistics, train_dataset)
 
-    def after_eval(self, epoch: int, step: int, evaluator) -> None:
-        """Queue results.csv, the plots and the prediction grid for this evaluation."""
+    def train_batch(self, data, batch_size: int, data_cfg, seed: int, needs, epoch: int) -> None:
+        """Queue ``plots/train_batch.png``: the first batches of ``epoch`` from a training loader of its
+        own, built like the run's (:func:`hftrain.report.train_batch.loader_like_training`); ``needs``:
+        the detector (its collate settings, and what it takes the boxes relative to)."""
+        if self.active and self.cfg.enabled and self.cfg.train_batch:
+            self.worker.submit(self._guard, "training batch picture", self._train_batch, data, batch_size, data_cfg,
+                               seed, needs, epoch)
+
+    def after_eval(self, epoch: int, step: int, evaluator, confusion=None) -> None:
+        """Queue results.csv, the plots and the prediction grid for this evaluation (``confusion``:
+        the :class:`hftrain.metrics.confusion.ConfusionEvaluator` that scored it, if any)."""
         if not self.active:
             return
         curves = None
         if self.cfg.enabled and evaluator.last is not None:  # numpy only: saved for `hftrain report` even without matplotlib
             curves = self._guard("precision-recall arrays", plots.pr_curves, evaluator.last, self.class_names, epoch)
+        report = confusion.last if self.cfg.enabled and confusion is not None else None  # a new report per evaluation
         predictions = {p["image_id"]: p for p in evaluator.predictions if p["image_id"] in self.grid_ids}
         self.evaluations += 1
-        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions)
+        self.worker.submit(self._after_eval, self.evaluations, step, curves, predictions, (epoch, report))
 
     def close(self) -> None:
         """Wait for the queued pictures (before the trackers close)."""
@@ -96,7 +115,14 @@ class RunPictures:
         stats = plots.label_statistics(train_dataset.rows, self.class_names)
         plots.plot_label_statistics(stats, self.plots_dir / "label_stats.png")
 
-    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict) -> None:
+    def _train_batch(self, data, batch_size: int, data_cfg, seed: int, needs, epoch: int) -> None:
+        loader = batch_picture.loader_like_training(data, batch_size, data_cfg, seed, needs)
+        batches = batch_picture.first_batches(loader, epoch)
+        grid = batch_picture.batch_grid(batches, self.class_names, needs.uses_pixel_mask, epoch,
+                                      processes=self.accelerator.num_processes)
+        batch_picture.save_png(grid, self.plots_dir / batch_picture.FILE)
+
+    def _after_eval(self, number: int, step: int, curves: dict | None, predictions: dict, confusion: tuple) -> None:
         history = self._guard("reading metrics.jsonl", read_history, self.run_dir)
         if history is not None:
             self._guard("results.csv", write_results_csv, history)
@@ -108,8 +134,14 @@ class RunPictures:
             self._guard("evaluation plots", plots.plot_evaluation, runs, self.plots_dir)
         if curves is not None and not superseded:
             self._guard("precision-recall curves", self._pr_curves, curves)
+        epoch, report = confusion
+        if report is not None and not superseded:
+            self._guard("confusion matrix and confidence curves", confusion_plots.write_confusion_plots, report,
+                        self.plots_dir, self.matplotlib, epoch)
         if self.grid_rows:
             self._guard("prediction grid", self._prediction_grid, step, predictions)
+        if self.accelerator.trackers and not superseded:
+            self._guard("sending the plots to the trackers", self._send_to_trackers, step)
 
     def _pr_curves(self, curves: dict) -> None:
         plots.save_pr_curves(curves, self.plots_dir / plots.PR_FILE)
@@ -126,6 +158,26 @@ class RunPictures:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({"val/predictions": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
+
+
+    def _send_to_trackers(self, step: int) -> None:
+        """plots/*.png to the trackers that take pictures, through the tracker objects Accelerate holds."""
+        files = sorted(self.plots_dir.glob("*.png"))
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":  # each new or redrawn picture once (the grid goes as val/predictions)
+                for path in files:
+                    stamp = path.stat().st_mtime_ns
+                    if path.name != "predictions.png" and self.sent.get(path.name) != stamp:
+                        with Image.open(path) as picture:
+                            pixels = np.asarray(picture.convert("RGB"))
+                        tracker.log_images({f"plots/{path.stem}": pixels[None]}, step=step, dataformats="NHWC")
+                        self.sent[path.name] = stamp
+            elif tracker.name == "mlflow":  # MLflow's client for the tracker's run: its fluent API is per thread
+                from mlflow import MlflowClient
+
+                client = MlflowClient()
+                for path in files:
+                    client.log_artifact(tracker.tracker.info.run_id, str(path), PLOTS_DIR)
 
 
 def grid_sample(dataset, row: dict, prediction: dict | None) -> draw.Sample:

@@ -1,5 +1,6 @@
 """What a run tells the user: the console (header, progress bar, log lines, metric tables),
-``metrics.jsonl`` in the run directory, and TensorBoard through Accelerate's trackers.
+``metrics.jsonl`` in the run directory, and the trackers of ``log.trackers`` (TensorBoard, MLflow, W&B...)
+through Accelerate (``accelerator.log``: the same scalars to every tracker).
 
 ``train.log`` in the run directory gets what the console shows as plain text (no colour codes),
 appended line by line as it happens (``tail -f RUN/train.log`` follows a run); each epoch's
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -59,7 +61,7 @@ class RunLog:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if self.accelerator is not None and self.accelerator.trackers:
-            scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+            scalars = {tracker_key(f"{kind}/{k}"): v for k, v in values.items() if isinstance(v, (int, float))}
             self.accelerator.log(scalars, step=step)
 
     def truncate_after(self, step: int) -> None:
@@ -134,6 +136,12 @@ class RunLog:
                 f"{f'{speed:.2f}' if speed else '--'} it/s, {task.elapsed or 0.0:.1f}s\n"
             )
             self.progress = None
+
+
+def tracker_key(key: str) -> str:
+    """A metrics.jsonl key as every tracker accepts it: characters other than letters, digits, ``_ - . /``
+    and space (MLflow refuses them, e.g. in a class name of ``eval/ap_<class>``) become ``_``."""
+    return re.sub(r"/{2,}", "/", re.sub(r"[^\w.\- /]", "_", key))
 
 
 class SpeedColumn(ProgressColumn):

@@ -3,7 +3,8 @@
 check-sampler: the class mix of the first batches exactly as the training sampler will deliver
 them (same sampler, seed and epoch; labels only, no image is decoded), the dataset's class
 distribution, the imbalance ratio (most / least frequent class, in boxes) and advice when one
-class dominates.
+class dominates. With ``--pictures``, the images of those batches drawn as the model receives them
+(``hftrain.report.train_batch``, the picture training draws as ``plots/train_batch.png``).
 
 doctor: one report before a long run: dataset counts and class distribution, blacklist status,
 boxes per image, image sizes, effective batch (warning below 32, as the seed's guide advises),
@@ -112,9 +113,27 @@ def sampler_batches(recipe, data, batches: int, epoch: int = 1) -> list[list[int
     return out
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_sampler_options(parser) -> None:
+    parser.add_argument("--batches", type=_at_least_one, default=5, help="how many batches to show (default 5)")
+    parser.add_argument("--epoch", type=_at_least_one, default=1, help="the epoch whose batches to show (default 1): its order "
+                        "and, with --pictures, its augmentation")
+    parser.add_argument("--pictures", nargs="?", const="", default=None, metavar="PNG",
+                        help="also draw the images of these batches as the model receives them (augmented, padded, "
+                             "with the boxes the loss gets), as plots/train_batch.png at the start of training; to PNG "
+                             "(default OUTPUT_DIR/plots/train_batch_epochE.png). Builds the model (its padding and box "
+                             "normalisation depend on the family)")
+
+
 def check_sampler_main(argv: list[str]) -> int:
-    loaded = _load(argv, "hftrain check-sampler", "Class mix of the first training batches, class distribution, imbalance.", lambda p: p.add_argument(
-        "--batches", type=int, default=5, help="how many batches to show (default 5)"))
+    loaded = _load(argv, "hftrain check-sampler", "Class mix of the first training batches, class distribution, imbalance.",
+                   _check_sampler_options)
     if loaded is None:
         return 2
     args, recipe, data = loaded
@@ -126,10 +145,10 @@ def check_sampler_main(argv: list[str]) -> int:
           + (f" (repeat_threshold {recipe.data.repeat_threshold})" if recipe.data.sampler == "repeat_factor" else "")
           + (", grouped by aspect ratio" if recipe.data.group_by_aspect_ratio else "")
           + f"; seed {recipe.train.seed}; {len(classes)} training images")
-    print(f"first {args.batches} batches of epoch 1:")
+    print(f"first {args.batches} batches of epoch {args.epoch}:")
     single = 0
     delivered = Counter()
-    for i, indices in enumerate(sampler_batches(recipe, data, args.batches), 1):
+    for i, indices in enumerate(sampler_batches(recipe, data, args.batches, args.epoch), 1):
         counts = Counter()
         for index in indices:
             counts.update(names[c] for c in classes[index].tolist())
@@ -150,6 +169,41 @@ def check_sampler_main(argv: list[str]) -> int:
         print(line)
     if single:
         print(f"{single} of {args.batches} batches hold a single class")
+    if args.pictures is not None:
+        return draw_batches(recipe, data, args.batches, args.epoch, args.pictures)
+    return 0
+
+
+PICTURE_IMAGES = 64
+"""check-sampler --pictures draws at most this many images."""
+
+
+def draw_batches(recipe, data, batches: int, epoch: int, path: str) -> int:
+    """``check-sampler --pictures``: the first ``batches`` batches of ``epoch`` drawn as training's
+    ``plots/train_batch.png`` is (:mod:`hftrain.report.train_batch`), to ``path`` (or the default)."""
+    from hftrain.models.pretrained import PretrainedError
+    from hftrain.models.registry import build_model, check_model
+    from hftrain.report import train_batch
+
+    batch_size = recipe.train.batch_size
+    if batch_size == "auto":  # as sampler_batches: the global batch
+        batch_size = recipe.train.effective_batch
+    try:
+        check_model(recipe.model)
+        detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
+    except PretrainedError as err:
+        print(f"hftrain check-sampler --pictures: {err}", file=sys.stderr)
+        return 2
+    images = min(batches * batch_size, PICTURE_IMAGES)
+    loader = train_batch.loader_like_training(data, batch_size, recipe.data, recipe.train.seed, detector)
+    drawn = train_batch.first_batches(loader, epoch, images)
+    grid = train_batch.batch_grid(drawn, data.class_names, detector.uses_pixel_mask, epoch, images=images)
+    out = Path(path) if path else Path(recipe.output_dir) / "plots" / f"train_batch_epoch{epoch}.png"
+    train_batch.save_png(grid, out)
+    shown = sum(b["images"] for b in drawn)
+    print(f"pictures: {out} ({min(images, shown)} images of the first {len(drawn)} batch(es) of epoch {epoch}, "
+          f"as the model receives them"
+          + (f"; at most {PICTURE_IMAGES} are drawn" if batches * batch_size > PICTURE_IMAGES else "") + ")")
     return 0
 
 

@@ -300,12 +300,15 @@ def dry_run_recipe(recipe: Recipe, work_dir: Path) -> tuple[Recipe, list[str]]:
         precision = replace(precision, mode="no")
         notes.append(f"precision: {recipe.precision.mode} -> no (no CUDA device here)")
     schedule = replace(recipe.schedule, warmup_steps=min(recipe.schedule.warmup_steps, 1))
+    if recipe.hub.push or recipe.hub.push_best:
+        notes.append(f"hub.push/push_best: off (a dry run uploads nothing to {recipe.hub.repo_id})")
     dry = replace(
         recipe, output_dir=str(work_dir / "run"), model=model, data=data, train=train, phases=phases,
         precision=precision, schedule=schedule,
         eval=replace(recipe.eval, interval=train.epochs, batch_size=VAL_IMAGES // 2),
         checkpoint=replace(recipe.checkpoint, interval=1, every_steps=None),
         log=replace(recipe.log, interval=1), plots=replace(recipe.plots, enabled=False),
+        hub=replace(recipe.hub, push=False, push_best=False),
     )
     notes.append(f"training: micro-batch {batch} x accumulation {accumulation}, {train.epochs} epochs of one "
                  f"optimizer step, images at most {data.min_size}/{data.max_size}, {data.num_workers} worker(s)")

@@ -3,7 +3,11 @@ split the data section can describe (``--split train|val|test``, ``--data data.K
 with the same data path, model builder and evaluation as training. Writes ``eval_WEIGHTS[_NAME].json``
 (the metrics, per-class AP included) and ``predictions_WEIGHTS[_NAME].json``, a COCO results file
 (``image_id``, ``category_id``, ``bbox`` xywh, ``score``) in the evaluated dataset's own image and category
-ids. NAME: the split (none for val), ``data`` with --data overrides, or ``--name``."""
+ids, and in ``eval_WEIGHTS[_NAME]_plots/`` the confusion matrix and the F1 / precision / recall against
+confidence curves (``hftrain.report.confusion_plots``). NAME: the split (none for val), ``data`` with --data
+overrides, or ``--name``. The matrix is at ``eval.confusion_threshold``, else at the weights' saved
+``hftrain_score_threshold`` (what a user of the model gets), else at this evaluation's recommendation; the
+saved weights are left as they are."""
 
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
 from hftrain.metrics.coco_eval import CocoEvaluator, predictions_to_coco
+from hftrain.metrics.confusion import ConfusionEvaluator
 from hftrain.data.loader import (DetectionDataset, load_data, make_eval_loader, make_resize, materialise_synthetic,
                                  read_split, source_category_ids)
 from hftrain.data.schema import class_names_of
 from hftrain.models.registry import build_model
 from hftrain.recipe import RecipeError, load_recipe, missing_paths
+from hftrain.report import confusion_plots, plots
 from hftrain.report.runlog import RunLog
 from hftrain.engine.accelerator import resolve_precision, use_cpu
 from hftrain.engine.evaluation import predict, score
@@ -95,8 +101,14 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(dataset.rows, class_names, recipe.eval.backend) if accelerator.is_main_process else None
     voc_evaluator = VocEvaluator(dataset.rows, class_names) if recipe.eval.voc and accelerator.is_main_process else None
+    threshold, threshold_from = recipe.eval.confusion_threshold, "eval.confusion_threshold"  # the matrix's
+    if threshold is None and getattr(detector.model.config, "hftrain_score_threshold", None) is not None:
+        threshold, threshold_from = detector.model.config.hftrain_score_threshold, \
+            f"{weights}/config.json hftrain_score_threshold"
+    confusion = ConfusionEvaluator(evaluator.gt_dict, class_names, threshold, source=threshold_from) \
+        if accelerator.is_main_process else None
     predictions = predict(model, loader, accelerator, detector, normalize, recipe.eval.max_detections)
-    metrics = score(predictions, accelerator, evaluator, voc_evaluator)
+    metrics = score(predictions, accelerator, evaluator, voc_evaluator, confusion)
     log = RunLog(run_dir, accelerator.is_main_process)
     log.print(f"evaluated {source} on {len(dataset)} images of data.{split} ({dataset.image_root})"
               + (f" with {' '.join(data_overrides)}" if data_overrides else ""))
@@ -112,6 +124,9 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
         log.print(f"metrics: {run_dir / f'eval_{tag}.json'}; predictions: {run_dir / f'predictions_{tag}.json'} "
                   f"({len(results)} detections, category ids "
                   + ("the dataset's own)" if category_ids is not None else "= class indices)"))
+        plots_dir = run_dir / f"eval_{tag}_plots"  # the confusion matrix and the confidence curves
+        confusion_plots.write_confusion_plots(confusion.last, plots_dir, plots.available() is None)
+        log.print(confusion.last.describe(), f"confusion matrix and F1 / precision / recall curves: {plots_dir}")
     return metrics
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState
 
-from conftest import PYTHON, REPO, records, tiny_recipe, write_recipe
+from conftest import PYTHON, REPO, TRAINED_PUSHES as PUSHES, records, tiny_recipe, write_recipe
 from hftrain.recipe import load_recipe
 from hftrain.tools.eval import evaluate_run
 from hftrain.engine.loop import TooManyBadImages
@@ -25,7 +26,8 @@ def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=
 
 @pytest.fixture
 def trained(trained_run):
-    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs (conftest)."""
+    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs (conftest's
+    ``trained_run``); it pushed best/ and model/ through a local double that recorded them in ``PUSHES``."""
     return trained_run
 
 
@@ -62,6 +64,11 @@ def test_run_directory_contents(trained, shapes_dir, tmp_path):
     best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
     best_eval = max(records(run_dir, "eval"), key=lambda r: r["map"])
     assert best_info["map"] == best_eval["map"]
+    # the recommended score threshold (best F1 at IoU 0.5) of best/'s epoch and of the last is saved in the config
+    last_eval = records(run_dir, "eval")[-1]
+    assert 0.0 < best_eval["f1_threshold"] < 1.0 and 0.0 < last_eval["f1_threshold"] < 1.0
+    assert json.loads((run_dir / "best" / "config.json").read_text())["hftrain_score_threshold"] == best_eval["f1_threshold"]
+    assert json.loads((run_dir / "model" / "config.json").read_text())["hftrain_score_threshold"] == last_eval["f1_threshold"]
 
 
 def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir):
@@ -73,8 +80,38 @@ def test_saved_model_loads_in_transformers_and_the_pipeline(trained, shapes_dir)
     detector = pipeline("object-detection", model=str(run_dir / "model"), threshold=0.0)
     found = detector(str(next((shapes_dir / "val").glob("*.jpg"))))
     assert len(found) > 0
+    threshold = detector.model.config.hftrain_score_threshold  # the recommended threshold, as the README uses it
+    kept = detector(str(next((shapes_dir / "val").glob("*.jpg"))), threshold=threshold)
+    assert [f for f in found if f["score"] > threshold] == kept
     assert {"score", "label", "box"} <= set(found[0])
     assert found[0]["label"] in {"rectangle", "ellipse", "triangle"}
+
+
+def test_best_and_model_get_a_hub_model_card_and_are_pushed(trained):
+    from huggingface_hub import ModelCard
+
+    metrics, run_dir = trained
+    card = ModelCard.load(run_dir / "model" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "object-detection"
+    assert card.data.base_model is None and card.data.tags == ["object-detection", "hftrain", "rt_detr"]
+    measured = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert measured["map"] == round(metrics["map"], 4) and measured["map_50"] == round(metrics["map_50"], 4)
+    info = json.loads((run_dir / "model" / "hftrain_info.json").read_text())
+    assert info["training"]["num_processes"] == 1 and info["training"]["device"].startswith("CPU")
+    assert 0 < info["training"]["seconds"] and info["training"]["steps"] == 40
+    assert "| hardware | 1 x CPU" in card.text and "| rectangle |" in card.text  # per-class AP
+    best_card = ModelCard.load(run_dir / "best" / "README.md")
+    best_info = json.loads((run_dir / "best" / "hftrain_info.json").read_text())
+    assert best_card.data.eval_results[0].metric_value == round(best_info["metrics"]["map"], 4)
+    # the first upload (best/ after epoch 10) failed as without network: logged, the run went on
+    log = (run_dir / "train.log").read_text()
+    assert "hub: push of " in log and "network error" in log and "hftrain push" in log
+    uploads = [c for c in PUSHES if c["call"] == "upload_folder"]
+    bests = log.count("new best map")
+    assert [Path(u["folder"]).name for u in uploads] == ["best"] * (bests - 1) + ["model"]
+    assert uploads[-1]["card"] == (run_dir / "model" / "README.md").read_text()
+    assert {"README.md", "config.json", "model.safetensors", "hftrain_info.json"} <= set(uploads[-1]["files"])
+    assert 'model="someone/tiny"' in uploads[-1]["card"]
 
 
 def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
@@ -89,6 +126,15 @@ def test_eval_command_reproduces_the_best_epochs_numbers(trained, shapes_dir):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    # the confusion matrix at the saved recommended threshold, beside the metrics (which now include it)
+    saved = json.loads((run_dir / "eval_best_plots" / "confusion_matrix.json").read_text())
+    assert saved["recommended_threshold"] == metrics["f1_threshold"] == best_info["metrics"]["f1_threshold"]
+    best_config = json.loads((run_dir / "best" / "config.json").read_text())
+    assert saved["threshold"] == best_config["hftrain_score_threshold"]
+    assert saved["threshold_source"] == "best/config.json hftrain_score_threshold"
+    assert {p.name for p in (run_dir / "eval_best_plots").iterdir()} == {
+        "confusion_matrix.json", "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png",
+        "p_curve.png", "r_curve.png"}
     results = json.loads((run_dir / "predictions_best.json").read_text())
     gt = COCO(str(shapes_dir / "val.json"))
     assert results and {r["category_id"] for r in results} <= set(gt.getCatIds())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import re
@@ -11,20 +12,26 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import tiny_recipe, write_recipe
 from hftrain.report import draw
 from hftrain.report import plots
+from hftrain.report import train_batch
 from hftrain.cli import main as cli_main
+from hftrain.engine import loop
 from hftrain.report.history import read_history
 from hftrain.recipe import load_recipe
 from hftrain.tools.report import duration
 from hftrain.train import train
 
 PICTURES = ["label_stats.png", "loss.png", "lr.png", "grad_norm.png", "timing.png", "metrics.png",
-            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png"]
+            "ap_per_class.png", "ap_per_class_epochs.png", "pr_curves.png", "predictions.png",
+            "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png", "p_curve.png", "r_curve.png",
+            "train_batch.png"]
 
 
 def train_quietly(tmp, shapes_dir, name, overrides=(), **sections):
@@ -45,9 +52,12 @@ def eval_records(run_dir):
 
 @pytest.fixture(scope="module")
 def pictured(tmp_path_factory, shapes_dir):
-    """A tiny RT-DETR run with two evaluations, every picture, and TensorBoard."""
-    return train_quietly(tmp_path_factory.mktemp("pictured"), shapes_dir, "run_a", train={"epochs": 2},
-                         log={"tensorboard": True})
+    """A tiny RT-DETR run with two evaluations, every picture, TensorBoard and MLflow (a file store in the run)."""
+    trackers = ["mlflow"] if importlib.util.find_spec("mlflow") else []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return train_quietly(tmp_path_factory.mktemp("pictured"), shapes_dir, "run_a", train={"epochs": 2},
+                             log={"tensorboard": True, "trackers": trackers})
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +97,40 @@ def test_every_picture_is_written_and_not_blank(pictured):
             assert len(colours) > 20, f"{name} is (nearly) blank"
 
 
+def test_the_model_card_shows_the_final_plots(pictured):
+    """model/ is saved after the queued pictures are drawn: its plots/ are the run's final ones."""
+    run_dir, _ = pictured
+    card = (run_dir / "model" / "README.md").read_text()
+    for name in ("pr_curves.png", "ap_per_class.png", "metrics.png", "loss.png", "predictions.png"):
+        assert (run_dir / "model" / "plots" / name).read_bytes() == (run_dir / "plots" / name).read_bytes(), name
+        assert f"![{name[:-4]}](plots/{name})" in card
+    assert not (run_dir / "model" / "plots" / "timing.png").exists()  # only the card's plots are copied
+
+
+def test_the_confusion_matrix_and_the_recommended_threshold_are_saved(pictured, shapes_dir):
+    run_dir, _ = pictured
+    saved = json.loads((run_dir / "plots" / "confusion_matrix.json").read_text())
+    last = eval_records(run_dir)[-1]
+    assert saved["epoch"] == last["epoch"] == 2 and saved["iou"] == 0.5
+    assert saved["class_names"] == ["rectangle", "ellipse", "triangle", "background"]
+    counts = np.array(saved["counts"])
+    boxes = [sum(a["category_id"] == c["id"] for a in json.loads((shapes_dir / "val.json").read_text())["annotations"])
+             for c in json.loads((shapes_dir / "val.json").read_text())["categories"]]
+    assert counts.shape == (4, 4) and counts[:, :3].sum(axis=0).tolist() == boxes  # every box once per column
+    # the matrix is at the recommended threshold; this 2-epoch model may find nothing at IoU 0.5 (test_training's
+    # 20-epoch run checks a threshold that is recommended): then none is saved and the log says so
+    model_config = json.loads((run_dir / "model" / "config.json").read_text())
+    log = (run_dir / "train.log").read_text()
+    if last["f1_threshold"] == -1.0:
+        assert last["f1_50"] == 0.0 and saved["recommended_threshold"] is None and saved["threshold"] == 0.5
+        assert "hftrain_score_threshold" not in model_config
+        assert "epoch 2 F1@0.5 is 0 at every confidence: no recommended score threshold" in log
+    else:
+        assert saved["threshold"] == saved["recommended_threshold"] == last["f1_threshold"] > 0
+        assert model_config["hftrain_score_threshold"] == last["f1_threshold"]
+        assert f"epoch 2 recommended score threshold {last['f1_threshold']:.3f}" in log
+
+
 def test_prediction_grid_draws_the_ground_truth_where_the_labels_say(pictured, shapes_dir):
     run_dir, _ = pictured
     grid = np.asarray(Image.open(run_dir / "plots" / "predictions.png").convert("RGB")).astype(int)
@@ -113,6 +157,45 @@ def test_prediction_grid_draws_the_ground_truth_where_the_labels_say(pictured, s
     assert checked >= 8
 
 
+def test_train_batch_shows_the_batches_training_used_and_changes_nothing(pictured, tmp_path, shapes_dir, monkeypatch):
+    """The same run without the picture trains on the same batches to the same weights (the picture's own
+    loader takes nothing from the run's order or random streams), and the picture is exactly the first four
+    batches (16 images) that run's training steps received."""
+    run_dir, _ = pictured
+    received = []
+    step = loop.train_step
+
+    def recording(run, batch, trainable):
+        if run.state.epoch == 1 and len(received) < 4:
+            received.append({k: v.clone() if hasattr(v, "clone") else v for k, v in batch.items()})
+        return step(run, batch, trainable)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    other, _ = train_quietly(tmp_path, shapes_dir, "run_d", overrides=["plots.enabled=false"], train={"epochs": 2},
+                             eval={"during_training": False})  # the other pictures and the first evaluation: time only
+    assert not (other / "plots" / train_batch.FILE).exists()
+    losses = [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "step"]
+    assert losses == [(r["step"], r["loss"]) for r in map(json.loads, (other / "metrics.jsonl").read_text().splitlines())
+                      if r["type"] == "step"]
+    ours, theirs = load_file(run_dir / "model" / "model.safetensors"), load_file(other / "model" / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    class_names = [c["name"] for c in sorted(json.loads((shapes_dir / "train.json").read_text())["categories"],
+                                             key=lambda c: c["id"])]
+    expected = train_batch.batch_grid(received, class_names, uses_pixel_mask=False, epoch=1)  # RT-DETR: by the canvas
+    with Image.open(run_dir / "plots" / train_batch.FILE) as drawn:
+        assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected))
+
+
+def test_check_sampler_pictures_draw_what_training_drew(pictured, tmp_path, capsys):
+    run_dir, _ = pictured
+    out = tmp_path / "check.png"
+    assert cli_main(["check-sampler", str(run_dir / "recipe.yaml"), "--batches", "4", "--pictures", str(out)]) == 0
+    assert f"pictures: {out} (16 images of the first 4 batch(es) of epoch 1" in capsys.readouterr().out
+    with Image.open(out) as checked, Image.open(run_dir / "plots" / train_batch.FILE) as drawn:
+        assert np.array_equal(np.asarray(checked.convert("RGB")), np.asarray(drawn.convert("RGB")))
+
+
 def test_results_csv_matches_metrics_jsonl(pictured):
     run_dir, _ = pictured
     with open(run_dir / "results.csv", newline="") as handle:
@@ -131,15 +214,33 @@ def test_tensorboard_gets_the_scalars_and_the_prediction_grid(pictured):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _ = pictured
-    (events,) = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
-    accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "hftrain"), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
     images = accumulator.Images("val/predictions")
-    assert [i.step for i in images] == [r["step"] for r in eval_records(run_dir)]
+    eval_steps = [r["step"] for r in eval_records(run_dir)]
+    assert [i.step for i in images] == eval_steps
     with Image.open(io.BytesIO(images[-1].encoded_image_string)) as logged:
         assert logged.size == Image.open(run_dir / "plots" / "predictions.png").size
     for tag in ("eval/map", "train/loss", "train/t_load_share", "step/grad_norm", "step/lr"):
         assert tag in accumulator.Tags()["scalars"], tag
+    # the plots: each redrawn one after every evaluation, the label statistics (drawn once) once
+    assert [i.step for i in accumulator.Images("plots/metrics")] == eval_steps
+    assert [i.step for i in accumulator.Images("plots/label_stats")] == eval_steps[:1]
+    with Image.open(io.BytesIO(accumulator.Images("plots/loss")[-1].encoded_image_string)) as logged:
+        assert logged.size == Image.open(run_dir / "plots" / "loss.png").size
+
+
+def test_mlflow_gets_the_plots_as_artifacts(pictured):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    run_dir, _ = pictured
+    client = MlflowClient((run_dir / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "hftrain"])
+    artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    drawn = {f"plots/{p.name}": p.stat().st_size for p in (run_dir / "plots").glob("*.png")}
+    assert {"plots/loss.png", "plots/metrics.png", "plots/predictions.png", "plots/label_stats.png"} <= set(drawn)
+    assert artifacts == drawn  # the last evaluation's pictures, as drawn
 
 
 def test_without_matplotlib_training_says_so_once_and_writes_the_rest(without_matplotlib):
@@ -149,6 +250,8 @@ def test_without_matplotlib_training_says_so_once_and_writes_the_rest(without_ma
     assert console.count("plots are off") == 1
     assert (run_dir / "results.csv").is_file() and (run_dir / "plots" / "predictions.png").is_file()
     assert (run_dir / "plots" / plots.PR_FILE).is_file()  # numbers kept for `hftrain report`
+    assert (run_dir / "plots" / "confusion_matrix.json").is_file()  # the counts too, without their pictures
+    assert not (run_dir / "plots" / "confusion_matrix.png").exists()
     assert not (run_dir / "plots" / "loss.png").exists()
 
 

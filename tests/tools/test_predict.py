@@ -84,11 +84,13 @@ def test_glob_threshold_default_and_saved_threshold(trained_run, shapes_dir, tmp
     # no --threshold: the saved model's hftrain_score_threshold, else 0.5 (said in the summary)
     model = tmp_path / "model"
     shutil.copytree(run_dir / "best", model)  # a bare saved model folder (no recipe.yaml)
+    config = json.loads((model / "config.json").read_text())
+    config.pop("hftrain_score_threshold", None)  # as saved by a run without the recommendation
+    (model / "config.json").write_text(json.dumps(config))
     AcceleratorState._reset_state(reset_partial_state=True)
     default = predict_images(model, [pattern], tmp_path / "default", draw=False)
     assert (default["threshold"], default["threshold_from"]) == (0.5, "default")
     assert all(r["score"] >= 0.5 for r in default["predictions"])
-    config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "hftrain_score_threshold": cut}))
     AcceleratorState._reset_state(reset_partial_state=True)
     saved = predict_images(model, [pattern], tmp_path / "saved", draw=False)

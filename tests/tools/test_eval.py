@@ -27,6 +27,9 @@ def test_eval_on_another_split_writes_its_own_metrics(trained_run, shapes_dir, t
     assert (run_dir / "eval_best.json").read_text() == val_file  # the validation results are kept
     assert test["map"] != val["map"] and 0.0 <= test["map"] <= 1.0
     assert {"ap_rectangle", "ap_ellipse", "ap_triangle"} <= set(test)
+    matrix = json.loads((run_dir / "eval_best_test_plots" / "confusion_matrix.json").read_text())
+    # the columns of the true classes hold every object of the test split (the last column: background)
+    assert sum(sum(row[:-1]) for row in matrix["counts"]) == len(json.loads(labels.read_text())["annotations"])
     out = capsys.readouterr().out
     assert "on 6 images of data.test" in out and "AP per class: rectangle" in out
     # the predictions are a COCO results file of the test split, in its own ids: pycocotools agrees

@@ -8,7 +8,8 @@ import sys
 
 COMMANDS = {
     "train": ("hftrain.train:main", "train a detector from a recipe"),
-    "eval": ("hftrain.tools.eval:eval_main", "evaluate a run's best checkpoint"),
+    "eval": ("hftrain.tools.eval:eval_main", "evaluate a run's weights on its validation split, another split or dataset"),
+    "predict": ("hftrain.tools.predict:predict_main", "detect objects in images: COCO results JSON and drawn images"),
     "convert": ("hftrain.data.convert:convert_main", "convert COCO / VOC / BDD100K / FRED / YOLO / HF datasets into the Hub detection schema"),
     "scan": ("hftrain.data.blacklist:scan_main", "decode every image and write a blacklist of broken ones"),
     "doctor": ("hftrain.tools.doctor:doctor_main", "one health report of a recipe (data, batch, lr, frozen parameters, precision)"),

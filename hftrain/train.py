@@ -69,6 +69,8 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     torch.set_num_threads(cpu_threads(recipe.train.cpu_threads))
     set_seed(recipe.train.seed)  # the same initial weights on every process
     detector = build_model(recipe.model, data.class_names, fp32_criterion=recipe.precision.fp32_criterion)
+    if data.category_ids is not None:  # the dataset's own category ids travel in config.json (hftrain predict)
+        detector.model.config.hftrain_category_ids = data.category_ids
     check_trainable(detector.model, f"model {recipe.model.name}")  # a frozen-everything model could never learn
     if problems := check_freeze_patterns(detector.model, plan(recipe)):
         raise RecipeError(problems, "phases")

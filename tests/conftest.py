@@ -85,3 +85,35 @@ def tiny_recipe(shapes_dir: Path, run_dir: Path, model: str = "rt_detr", **secti
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+TRAINED_PUSHES: list[dict] = []
+"""What ``trained_run``'s uploads would have sent to the Hub (its local double records them)."""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_dir) -> tuple[dict, Path]:
+    """One tiny RT-DETR run (8 training images, 40 steps): its last metrics and run directory, shared by
+    the tests that only read its outputs (tests/engine/test_training.py, tests/tools/test_predict.py ...).
+    It pushes best/ and model/ to the Hub through a local double (``TRAINED_PUSHES`` records them), the
+    first upload failing as without network."""
+    from accelerate.state import AcceleratorState
+
+    from helpers.hub_double import RecordingHub
+    from hftrain.recipe import load_recipe
+    from hftrain.report import hub_push
+    from hftrain.train import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = tiny_recipe(shapes_dir, tmp / "run", train={"epochs": 20}, eval={"interval": 10}, optim={"lr": 2e-3},
+                         schedule={"name": "constant"}, checkpoint={"interval": 5, "keep": 2},
+                         hub={"push": True, "push_best": True, "repo_id": "someone/tiny"})
+    path = write_recipe(tmp / "run.yaml", recipe)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", "hf_test_token")
+        patch.setattr(hub_push, "HfApi", RecordingHub.factory(TRAINED_PUSHES,
+                                                              failures=[ConnectionError("Network is unreachable")]))
+        metrics = train(load_recipe(path, ["data.train.subset=8", "data.hflip=0.0"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return metrics, tmp / "run"

@@ -260,34 +260,41 @@ def materialise_synthetic(data_cfg):
     return replace(data_cfg, format="coco", synthetic=None, **splits)
 
 
+def read_split(data_cfg, name: str, hold_out: float | None = None) -> LoadedSplit:
+    """The split ``data.<name>`` (train, val or test) read as the recipe's data section describes it."""
+    split = getattr(data_cfg, name)
+    return load_split(
+        data_cfg.format, split.images, split.labels,
+        sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
+        fred_boxes=data_cfg.fred_boxes,
+        category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
+        read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
+        cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
+        scan_workers=max(1, data_cfg.num_workers),
+        class_names=data_cfg.class_names or None, hold_out=hold_out,
+    )
+
+
+def make_resize(data_cfg) -> Resize:
+    """The recipe's resize (data.min_size, max_size, resize, jpeg_draft): training's and evaluation's."""
+    return Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square", draft=data_cfg.jpeg_draft)
+
+
 def load_data(data_cfg, seed: int = 0) -> DataBundle:
     """Read both splits and wrap them as datasets; the class names come from the train split.
     With ``data.val.from_train`` the validation split is the part held out of the training split."""
-    def read(name, hold_out=None) -> LoadedSplit:
-        split = getattr(data_cfg, name)
-        return load_split(
-            data_cfg.format, split.images, split.labels,
-            sets=split.sets or None, modality=data_cfg.modality, drone_classes=data_cfg.drone_classes,
-            fred_boxes=data_cfg.fred_boxes,
-            category_map=data_cfg.category_map or None, max_missing=data_cfg.max_missing,
-            read_image_sizes=data_cfg.read_image_sizes, subset=split.subset, seed=data_cfg.seed,
-            cache_dir=data_cfg.cache_dir, blacklist=data_cfg.blacklist, recipe_split=name,
-            scan_workers=max(1, data_cfg.num_workers),
-            class_names=data_cfg.class_names or None, hold_out=hold_out,
-        )
-
-    loaded = {"train": read("train", hold_out=data_cfg.val.from_train)}
+    loaded = {"train": read_split(data_cfg, "train", hold_out=data_cfg.val.from_train)}
     if data_cfg.val.from_train:  # data.val.from_train: the validation images are held out of train
         val = loaded["train"].held_out
         val.dataset = take_subset(val.dataset, val.report, data_cfg.val.subset, data_cfg.seed)
         loaded["val"] = val
     else:
-        loaded["val"] = read("val")
+        loaded["val"] = read_split(data_cfg, "val")
     class_names = class_names_of(loaded["train"].dataset)
     val_names = class_names_of(loaded["val"].dataset)
     if val_names != class_names:
         raise ValueError(f"data.val: class names {val_names} differ from data.train's {class_names}")
-    resize = Resize(data_cfg.min_size, data_cfg.max_size, square=data_cfg.resize == "square", draft=data_cfg.jpeg_draft)
+    resize = make_resize(data_cfg)
     notes = [line for split in loaded.values() for line in split.report.lines() + split.notes]
     notes.append(augment_note(resolve_augment(data_cfg.augment, data_cfg.min_size)))
     # data.cache: ram: sized and checked against the available memory here, before any worker starts

@@ -144,8 +144,9 @@ def _check_augment(augment: AugmentConfig, min_size: int, problems: list[str]) -
 def _check_splits(recipe: Recipe, problems: list[str]) -> None:
     """``data.val.from_train`` (a fraction, val otherwise unset) and ``data.class_names`` (VOC, distinct)."""
     data = recipe.data
-    if data.train.from_train is not None:
-        problems.append("data.train.from_train: applies to data.val only (the fraction of train held out as val)")
+    for name in ("train", "test"):
+        if getattr(data, name).from_train is not None:
+            problems.append(f"data.{name}.from_train: applies to data.val only (the fraction of train held out as val)")
     from_train = data.val.from_train
     if from_train is not None:
         if not 0.0 < from_train < 1.0:
@@ -251,10 +252,12 @@ def missing_paths(recipe: Recipe) -> list[str]:
     if recipe.data.synthetic is not None:
         return []
     problems = []
-    for split_name in ("train", "val"):
+    for split_name in ("train", "val", "test"):
         split: SplitConfig = getattr(recipe.data, split_name)
         if split_name == "val" and split.from_train is not None:
             continue  # held out of train
+        if split_name == "test" and split.images is None and split.labels is None:
+            continue  # data.test is optional (hftrain eval --split test)
         for attr in ("images", "labels"):
             value = getattr(split, attr)
             if recipe.data.format == "hf" and attr == "images" and value is not None and not _looks_local(value):

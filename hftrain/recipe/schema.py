@@ -214,6 +214,9 @@ class DataConfig:
     """Training split."""
     val: SplitConfig = field(default_factory=SplitConfig)
     """Validation split."""
+    test: SplitConfig = field(default_factory=SplitConfig)
+    """A further split, read only by ``hftrain eval RUN_DIR --split test`` (never during training); unset
+    (no ``images``): the run has none. Described like train and val, in the same format and classes."""
     synthetic: SyntheticConfig | None = None
     """Generate the shapes demo dataset first (its COCO files become train/val)."""
     min_size: int = 800

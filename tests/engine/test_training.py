@@ -12,9 +12,7 @@ import torch
 import yaml
 from accelerate.state import AcceleratorState
 
-from conftest import PYTHON, REPO, records, tiny_recipe, write_recipe
-from helpers.hub_double import RecordingHub
-from hftrain.report import hub_push
+from conftest import PYTHON, REPO, TRAINED_PUSHES as PUSHES, records, tiny_recipe, write_recipe
 from hftrain.recipe import load_recipe
 from hftrain.tools.eval import evaluate_run
 from hftrain.engine.loop import TooManyBadImages
@@ -26,24 +24,11 @@ def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=
     return train(load_recipe(path, list(overrides)), resume=resume), tmp_path / name
 
 
-PUSHES: list[dict] = []  # what the trained run's uploads would have sent
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_dir):
-    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs. It pushes
-    best/ and model/ to the Hub through a local double (``PUSHES`` records them), the first upload failing
-    as without network."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    tmp = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_TOKEN", "hf_test_token")
-        patch.setattr(hub_push, "HfApi", RecordingHub.factory(PUSHES, failures=[ConnectionError("Network is unreachable")]))
-        metrics, run_dir = run(tmp, shapes_dir, overrides=["data.train.subset=8", "data.hflip=0.0"],
-                               train={"epochs": 20}, eval={"interval": 10}, optim={"lr": 2e-3},
-                               schedule={"name": "constant"}, checkpoint={"interval": 5, "keep": 2},
-                               hub={"push": True, "push_best": True, "repo_id": "someone/tiny"})
-    return metrics, run_dir
+@pytest.fixture
+def trained(trained_run):
+    """One tiny RT-DETR run (8 images, 40 steps) shared by the tests that only read its outputs (conftest's
+    ``trained_run``); it pushed best/ and model/ through a local double that recorded them in ``PUSHES``."""
+    return trained_run
 
 
 def test_loss_falls_and_metrics_are_logged(trained):

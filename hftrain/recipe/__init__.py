@@ -10,5 +10,5 @@ missing path) is collected and reported at once, before any model or dataset is 
 """
 
 from hftrain.recipe.checks import missing_paths
-from hftrain.recipe.load import _build, all_keys, expand_override_files, load_recipe, save_recipe, to_dict
+from hftrain.recipe.load import RUN_ONLY, _build, all_keys, expand_override_files, load_recipe, save_recipe, to_dict
 from hftrain.recipe.schema import *  # noqa: F401,F403  (the section dataclasses, Recipe, RecipeError)

@@ -17,6 +17,11 @@ from hftrain.recipe.checks import check_values, missing_paths
 from hftrain.recipe.schema import Recipe, RecipeError
 
 
+RUN_ONLY = ("log.trackers=[]", "hub.push=false", "hub.push_best=false")
+"""Overrides for tools that read a finished run's ``recipe.yaml`` (eval, predict, export): the trackers
+and the Hub upload belong to training, so a machine without the run's tracker packages can still use it."""
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_paths: bool = True) -> Recipe:
     """Read ``path`` (with its ``base:``), apply ``key=value`` overrides, type-check everything."""
     path = Path(path)

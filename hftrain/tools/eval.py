@@ -26,7 +26,7 @@ from hftrain.data.loader import (DetectionDataset, load_data, make_eval_loader, 
                                  read_split, source_category_ids)
 from hftrain.data.schema import class_names_of
 from hftrain.models.registry import build_model
-from hftrain.recipe import RecipeError, load_recipe, missing_paths
+from hftrain.recipe import RecipeError, RUN_ONLY, load_recipe, missing_paths
 from hftrain.report import confusion_plots, plots
 from hftrain.report.runlog import RunLog
 from hftrain.engine.accelerator import resolve_precision, use_cpu
@@ -71,7 +71,7 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
     data_overrides = list(data_overrides)
     if bad := [o for o in data_overrides if not o.startswith("data.")]:
         raise ValueError(f"--data: {bad}: only keys of the recipe's data section (data.KEY=VALUE)")
-    recipe = load_recipe(recipe_path, data_overrides, check_paths=False)  # only the evaluated split must exist
+    recipe = load_recipe(recipe_path, data_overrides + list(RUN_ONLY), check_paths=False)  # only the evaluated split must exist
     generated = recipe.data.synthetic is not None and split in ("train", "val")  # the shapes demo writes these
     if not generated and split != "val" and getattr(recipe.data, split).images is None:
         raise ValueError(f"data.{split}: not set in {recipe_path}; describe it with --data data.{split}.images=... "

@@ -36,7 +36,7 @@ from hftrain.models.onnx_graph import (
 )
 from hftrain.models.postprocess import MAX_DETECTIONS
 from hftrain.models.registry import build_model
-from hftrain.recipe import load_recipe
+from hftrain.recipe import RUN_ONLY, load_recipe
 from hftrain.tools.onnx_parity import Parity
 
 FAMILY_OF_MODEL_TYPE = {
@@ -91,7 +91,7 @@ def resolve_source(path: str | Path, weights: str) -> Source:
     if model_type not in FAMILY_OF_MODEL_TYPE:
         raise ExportError(f"{model_dir}: model_type {model_type!r} is not an hftrain family; ONNX export knows "
                           f"{', '.join(sorted(FAMILY_OF_MODEL_TYPE))}")
-    recipe = load_recipe(recipe_file, check_paths=False) if recipe_file else None
+    recipe = load_recipe(recipe_file, RUN_ONLY, check_paths=False) if recipe_file else None
     return Source(model_dir, FAMILY_OF_MODEL_TYPE[model_type], config, recipe)
 
 

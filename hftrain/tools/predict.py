@@ -46,7 +46,7 @@ from hftrain.engine.evaluation import predict
 from hftrain.metrics.coco_eval import predictions_to_coco
 from hftrain.models.inputs import Normalize
 from hftrain.models.registry import MODELS, build_model
-from hftrain.recipe import DataConfig, EvalConfig, ModelConfig, PrecisionConfig, load_recipe
+from hftrain.recipe import DataConfig, EvalConfig, ModelConfig, PrecisionConfig, RUN_ONLY, load_recipe
 from hftrain.report.draw import class_colour, draw_boxes, line_width
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -80,7 +80,7 @@ def resolve_source(path: str | Path) -> Source:
         weights = next((path / name for name in ("best", "model") if (path / name / "config.json").is_file()), None)
         if weights is None:
             raise FileNotFoundError(f"{path}: a run directory without best/ or model/ (no saved weights yet)")
-        recipe = load_recipe(path / "recipe.yaml", check_paths=False)
+        recipe = load_recipe(path / "recipe.yaml", RUN_ONLY, check_paths=False)
         model, data, eval_cfg, precision = recipe.model, recipe.data, recipe.eval, recipe.precision
     elif (path / "config.json").is_file():
         weights = path

@@ -84,3 +84,23 @@ def test_train_split_leaves_out_what_val_from_train_holds_out(trained_run, capsy
     evaluate_run(run_dir, split="train", data_overrides=held, name="kept")
     kept = int(capsys.readouterr().out.split("evaluated ")[1].split(" on ")[1].split()[0])
     assert 0 < kept < 24 and (run_dir / "eval_best_kept.json").is_file()  # of the 24 training images
+
+
+def test_a_run_whose_tracker_is_not_installed_here_still_evaluates(trained_run, tmp_path):
+    """The trackers belong to training: eval (like predict and export) reads the run's recipe without them."""
+    import shutil
+
+    import yaml
+
+    _, run_dir = trained_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copytree(run_dir / "best", copy / "best")
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe["log"]["trackers"] = ["wandb"]  # not installed on this machine
+    recipe["output_dir"] = str(copy)
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match="wandb is not installed"):
+        load_recipe(copy / "recipe.yaml", check_paths=False)  # training it here would be refused
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert 0.0 <= evaluate_run(copy)["map"] <= 1.0

@@ -8,7 +8,9 @@ Speed: the photometric distort's brightness, contrast, saturation, hue and chann
 linear in RGB (hue as a rotation about the gray axis in YIQ, the usual linear form), so they are
 composed into one 3x4 matrix and applied in one pass over the pixels (float32, clamped once at the
 end; torchvision clamps after each step, which differs only where an intermediate value leaves
-0..255). The HSV jitter is exact in HSV (ultralytics' multiplicative gains) and vectorised.
+0..255). The HSV jitter is exact in HSV (ultralytics' multiplicative gains), vectorised and branch-free
+(see :func:`hsv_jitter`). Layout changes (channels-last uint8 <-> float planes) go through numpy, whose
+strided casts are several times faster than torch's here.
 """
 
 from __future__ import annotations
@@ -128,40 +130,44 @@ def hsv_jitter(pixels: torch.Tensor, factors: tuple[float, float, float]) -> tor
     """ultralytics' augment_hsv on a uint8 (3, H, W) image: hue times factors[0] (modulo the circle),
     saturation and value times factors[1] and factors[2], clipped; a new tensor (channels-last).
 
-    Exact HSV arithmetic in float32 (within rounding of :mod:`colorsys`), written without ``torch.where``
-    and ``remainder`` (each several times the cost of an add on the CPU): the inputs are whole numbers,
-    so "is this channel the maximum" is ``1 - clamp(max - channel, 0, 1)``, and the back conversion
-    uses each channel's hexagon weight ``clamp(|h - c| - 1, 0, 1)``; nearly every step is in place."""
+    Exact HSV arithmetic (within rounding of :mod:`colorsys`), about 3x faster than the plain float
+    version: the forward conversion on int16 planes (the maximum, the chroma, which channel is the
+    maximum as 0/1 from ``clamp(max - channel, max=1)`` since the inputs are whole numbers, the hue
+    numerator), float only from the division by the chroma on; no ``torch.where`` or ``remainder`` (each
+    several times the cost of an add on the CPU); the back conversion from each channel's hexagon weight
+    ``clamp(|h - centre| - 1, 0, 1)`` with one fused multiply-add; nearly every step in place."""
     fh, fs, fv = factors
-    planes = float_planes(pixels)
-    r, g, b = planes
+    r, g, b = torch.from_numpy(pixels.numpy().astype(np.int16, order="C"))
     value = torch.maximum(r, g)
     torch.maximum(value, b, out=value)
     chroma = torch.minimum(r, g)
     torch.minimum(chroma, b, out=chroma)
     chroma.neg_().add_(value)
-    is_r = torch.sub(value, r).clamp_(0, 1).neg_().add_(1)  # 1 where red is the maximum
-    is_g = torch.sub(value, g).clamp_(0, 1).neg_().add_(1).sub_(is_r).clamp_(0, 1)  # green is, red is not
-    # hue in sextants times the chroma: red g - b (+ 6 c where g < b), green 2c + b - r, blue 4c + r - g
+    is_r = torch.sub(value, r).clamp_(max=1).bitwise_xor_(1)  # 1 where red is the maximum
+    is_g = torch.sub(value, g).clamp_(max=1).bitwise_xor_(1).sub_(is_r).clamp_(min=0)  # green is, red is not
+    # hue in sextants times the chroma: red g - b (+ 6c where g < b), green 2c + b - r, blue 4c + r - g
     hue = torch.sub(g, b)
     scratch = torch.neg(hue).clamp_(0, 1).mul_(chroma)  # c where g < b (whole numbers: b - g >= 1)
     hue.add_(scratch, alpha=6).mul_(is_r)
     torch.sub(b, r, out=scratch).add_(chroma, alpha=2).mul_(is_g)
     hue.add_(scratch)
-    is_b = is_r.add_(is_g).neg_().add_(1)
+    is_b = is_r.add_(is_g).bitwise_xor_(1)
     torch.sub(r, g, out=scratch).add_(chroma, alpha=4).mul_(is_b)
     hue.add_(scratch)
-    hue.div_(torch.clamp(chroma, min=1e-6, out=is_g)).mul_(fh)
-    hue.sub_(torch.mul(hue, 1 / 6, out=scratch).floor_().mul_(6))  # modulo the circle: [0, 6)
-    saturation = chroma.div_(torch.clamp(value, min=1e-6, out=scratch)).mul_(fs).clamp_(0, 1)
+    chroma, value = chroma.float(), value.float()
+    hue = hue.float().div_(chroma.clamp(min=1e-6)).mul_(fh)
+    hue.sub_(torch.mul(hue, 1 / 6).floor_().mul_(6))  # modulo the circle: [0, 6)
+    drop = chroma.div_(value.clamp(min=1e-6)).mul_(fs).clamp_(0, 1)  # the new saturation s
     value.mul_(fv).clamp_(0, 255)
-    drop = saturation.mul_(value)  # v s: what the smallest channel loses from v
+    drop.mul_(value)  # v s: what the smallest channel loses from v
     value.add_(0.5)  # float -> uint8 truncates: rounds
-    # hsv -> rgb: channel = v - v s w, w the channel's hexagon weight (0 where it is the maximum, 1 the
-    # minimum), written over the input planes (no longer needed)
+    planes = torch.empty((3, *hue.shape))
+    # hsv -> rgb: channel = v - v s w, w its hexagon weight (0 where it is the maximum, 1 the minimum);
+    # red's weight is 1 - clamp(|h - 3| - 1, 0, 1), so red = (v - v s) + v s clamp(|h - 3| - 1, 0, 1)
     for channel, centre in enumerate((3.0, 2.0, 4.0)):
         weight = torch.sub(hue, centre, out=planes[channel]).abs_().sub_(1).clamp_(0, 1)
-        if channel == 0:  # red: 1 - clamp(|h - 3| - 1, 0, 1)
-            weight.neg_().add_(1)
-        weight.mul_(drop).neg_().add_(value)
+        if channel == 0:
+            torch.addcmul(value - drop, weight, drop, out=planes[0])
+        else:
+            torch.addcmul(value, weight, drop, value=-1, out=planes[channel])
     return uint8_channels_last(planes)

@@ -151,20 +151,22 @@ def hsv_jitter(pixels: torch.Tensor, factors: tuple[float, float, float]) -> tor
     is_b = is_r.add_(is_g).bitwise_xor_(1)
     torch.sub(r, g, out=scratch).add_(chroma, alpha=4).mul_(is_b)
     hue.add_(scratch)
-    chroma, value = chroma.float(), value.float()
-    hue = hue.float().div_(chroma.clamp(min=1e-6)).mul_(fh)
-    hue.sub_(torch.mul(hue, 1 / 6).floor_().mul_(6))  # modulo the circle: [0, 6)
-    drop = chroma.div_(value.clamp(min=1e-6)).mul_(fs).clamp_(0, 1)  # the new saturation s
+    # float from here, in one workspace (fewer fresh pages to fault in than a tensor per step)
+    work = torch.empty((6, *hue.shape))
+    planes, chroma, value, hue = work[:3], work[3].copy_(chroma), work[4].copy_(value), work[5].copy_(hue)
+    chroma.clamp_(min=1e-6)  # 0 only for grays, whose hue numerator is 0 and whose drop below is 0 after rounding
+    hue.div_(chroma).mul_(fh)
+    hue.sub_(torch.mul(hue, 1 / 6, out=planes[0]).floor_().mul_(6))  # modulo the circle: [0, 6)
+    drop = chroma.div_(value.clamp_(min=1e-6)).mul_(fs).clamp_(0, 1)  # the new saturation s
     value.mul_(fv).clamp_(0, 255)
     drop.mul_(value)  # v s: what the smallest channel loses from v
     value.add_(0.5)  # float -> uint8 truncates: rounds
-    planes = torch.empty((3, *hue.shape))
     # hsv -> rgb: channel = v - v s w, w its hexagon weight (0 where it is the maximum, 1 the minimum);
-    # red's weight is 1 - clamp(|h - 3| - 1, 0, 1), so red = (v - v s) + v s clamp(|h - 3| - 1, 0, 1)
-    for channel, centre in enumerate((3.0, 2.0, 4.0)):
+    # red's weight is 1 - clamp(|h - 3| - 1, 0, 1), so red = (v - v s) + v s clamp(|h - 3| - 1, 0, 1),
+    # its clamp term computed in green's plane (written after it)
+    red_term = torch.sub(hue, 3.0, out=planes[1]).abs_().sub_(1).clamp_(0, 1)
+    torch.sub(value, drop, out=planes[0]).addcmul_(red_term, drop)
+    for channel, centre in ((1, 2.0), (2, 4.0)):
         weight = torch.sub(hue, centre, out=planes[channel]).abs_().sub_(1).clamp_(0, 1)
-        if channel == 0:
-            torch.addcmul(value - drop, weight, drop, out=planes[0])
-        else:
-            torch.addcmul(value, weight, drop, value=-1, out=planes[channel])
+        torch.addcmul(value, weight, drop, value=-1, out=planes[channel])
     return uint8_channels_last(planes)

@@ -107,6 +107,7 @@ def main() -> int:
     results["total_s"] = time.perf_counter() - start
     results["load_after"] = list(os.getloadavg())
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # --out may name a folder not made yet
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))

@@ -129,8 +129,8 @@ def iou_crop_params(boxes_xyxy: torch.Tensor, size: tuple[int, int], rng) -> tup
     the only ones kept), or None to leave the image as it is. Plain Python on the few boxes (a tensor op
     per trial would cost more than the whole search)."""
     h, w = size
-    boxes = boxes_xyxy.tolist()
-    centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
+    boxes = [(x0, y0, x1, y1, (x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in boxes_xyxy.tolist()]
+    centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1, _ in boxes]
     for _ in range(IOU_MAX_ROUNDS):
         threshold = IOU_OPTIONS[rng.randrange(len(IOU_OPTIONS))]
         if threshold >= 1.0:
@@ -147,15 +147,20 @@ def iou_crop_params(boxes_xyxy: torch.Tensor, size: tuple[int, int], rng) -> tup
             within = [left < cx < right and top < cy < bottom for cx, cy in centres]
             if not any(within):
                 continue
-            if max(_iou(box, (left, top, right, bottom)) for box, inside in zip(boxes, within) if inside) < threshold:
+            # torchvision: max IoU over the boxes within < threshold -> next trial; "any >= threshold" stops early
+            if not any(_iou(box, left, top, right, bottom) >= threshold for box, inside in zip(boxes, within) if inside):
                 continue
             return left, top, new_w, new_h, torch.tensor(within, dtype=torch.bool)
     return None
 
 
-def _iou(a, b) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+def _iou(box, left: float, top: float, right: float, bottom: float) -> float:
+    """IoU of ``box`` (x0, y0, x1, y1, area) with the crop; plain comparisons (no ``min``/``max`` calls)."""
+    x0, y0, x1, y1, area = box
+    w = (x1 if x1 < right else right) - (x0 if x0 > left else left)
+    h = (y1 if y1 < bottom else bottom) - (y0 if y0 > top else top)
+    inter = w * h if w > 0 and h > 0 else 0.0
+    union = area + (right - left) * (bottom - top) - inter
     return inter / union if union > 0 else 0.0
 
 

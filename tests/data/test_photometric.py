@@ -52,6 +52,22 @@ def test_hsv_jitter_is_ultralytics_gains_in_hsv():
         assert max(abs(a * 255 - b) for a, b in zip(want, got)) <= 1.01, ((r, g, b), got, want)
 
 
+def test_hsv_jitter_matches_colorsys_on_grays_ties_and_the_hue_wrap():
+    """Every branch of the branch-free conversion: grays and black, two channels tied for the maximum,
+    red maximum with g < b (hue just under the full circle, where a gain above 1 wraps it), and each
+    channel the maximum, against colorsys pixel by pixel."""
+    values = [0, 1, 2, 17, 128, 254, 255]
+    pixels = [(a, b, c) for a in values for b in values for c in values]  # every tie pattern
+    pixels += [(200, 10, 11), (200, 10, 199), (255, 0, 1), (10, 200, 11), (11, 10, 200), (90, 90, 90)]
+    x = torch.tensor(pixels, dtype=torch.uint8).t().reshape(3, 1, -1)
+    for factors in ((1.015, 1.7, 0.6), (0.985, 0.3, 1.4), (1.3, 1.0, 1.0)):
+        out = hsv_jitter(x, factors).reshape(3, -1).t().tolist()
+        for (r, g, b), got in zip(pixels, out):
+            h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+            want = colorsys.hsv_to_rgb((h * factors[0]) % 1.0, min(1.0, s * factors[1]), min(1.0, v * factors[2]))
+            assert max(abs(a * 255 - b) for a, b in zip(want, got)) <= 1.01, ((r, g, b), factors, got, want)
+
+
 def test_draws_follow_the_generator():
     a, b = photometric_params(random.Random("3:1:5"), 0.5), photometric_params(random.Random("3:1:5"), 0.5)
     assert a == b

@@ -11,6 +11,7 @@ RUN ?= runs/shapes_demo
 # constraints.txt: every other package at the version the test suite passed with (make lock renews it).
 CONSTRAINTS ?= constraints.txt
 LOCK_VENV := .venv-lock
+TEST_WORKERS ?= 2
 
 .PHONY: install lock short-run eval test bench clean
 
@@ -31,7 +32,7 @@ lock:
 	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/pip install --quiet "$(TORCH)"
 	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev]"
-	$(LOCK_VENV)/bin/python -m pytest -q
+	$(LOCK_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 	{ echo "# Versions the test suite passed with (make install installs with -c constraints.txt)."; \
 	  echo "# torch is pinned on its own in the Makefile (TORCH). Regenerate with 'make lock'."; \
 	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)'; } > $(CONSTRAINTS)
@@ -43,8 +44,10 @@ short-run: install
 eval: install
 	$(BIN)/hftrain eval $(RUN)
 
+# The suite in TEST_WORKERS pytest-xdist processes (most of its time is single-threaded: imports and
+# the processes the tests start); TEST_WORKERS=0 runs it in this process, in order.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # bench/results.md and bench/results.json; BENCH_ARGS=--full for full sizes (default: < 10 min on 2 cores)
 bench: install

@@ -29,6 +29,19 @@ TINY_RT_DETR = TINY_CONFIGS["rt_detr"]
 TINY_DEFORMABLE_DETR = TINY_CONFIGS["deformable_detr"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs the suite in pytest-xdist workers with ``--dist loadgroup``: each test
+    goes to whichever worker is free, except that the tests of a module with a module-scoped
+    fixture (a training run several tests read, a built dataset) stay together on one worker, so
+    the fixture is built once. Without xdist the marks do nothing."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        if any(d[-1].scope == "module" for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state(monkeypatch):
     """Accelerate's state is a process-wide singleton: each test starts (and ends) without one,

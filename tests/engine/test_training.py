@@ -16,7 +16,7 @@ from conftest import PYTHON, REPO, TRAINED_PUSHES as PUSHES, records, tiny_recip
 from hftrain.recipe import load_recipe
 from hftrain.tools.eval import evaluate_run
 from hftrain.engine.loop import TooManyBadImages
-from hftrain.train import train
+from hftrain.train import main as train_main, train
 
 
 def run(tmp_path, shapes_dir, name="run", overrides=(), model="rt_detr", resume=None, **sections):
@@ -270,7 +270,6 @@ def test_an_earlier_run_is_neither_mixed_in_nor_deleted_unasked(tmp_path, shapes
         run(tmp_path, shapes_dir, train={"epochs": 1})
     assert len(records(run_dir, "step")) == 6  # untouched
     path = tmp_path / "run.yaml"
-    proc = subprocess.run([PYTHON, "hftrain/train.py", str(path), "--overwrite", "train.epochs=1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert train_main([str(path), "--overwrite", "train.epochs=1"]) == 0  # the command line, in this process
     assert len(records(run_dir, "step")) == 6 and len(records(run_dir, "config")) == 1  # afresh, not appended

@@ -16,7 +16,7 @@ def test_scan_once_probe_agrees_and_failures_are_shared(tmp_path, shapes_dir):
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29533", "tests/helpers/two_process_checks.py", str(shapes_dir), str(out)],
+                           "--standalone", "tests/helpers/two_process_checks.py", str(shapes_dir), str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]

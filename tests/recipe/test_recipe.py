@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, write_recipe
+from conftest import write_recipe
 from hftrain.recipe import Recipe, RecipeError, all_keys, load_recipe, save_recipe
 
 
@@ -97,12 +96,12 @@ def test_resolved_recipe_round_trips(tmp_path):
     }
 
 
-def test_cli_exits_2_before_building_anything(tmp_path):
+def test_cli_exits_2_before_building_anything(tmp_path, capsys):
+    from hftrain.cli import main as cli_main  # in this process: the `hftrain` command's own process start is tested in tests/models/test_retinanet_loop.py
+
     path = write_recipe(tmp_path / "r.yaml", minimal(tmp_path, optim={"lrr": 1e-4}, output_dir=str(tmp_path / "run")))
-    proc = subprocess.run([PYTHON, "-m", "hftrain.cli", "train", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "did you mean 'optim.lr'" in proc.stderr
+    assert cli_main(["train", str(path)]) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

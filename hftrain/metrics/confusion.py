@@ -286,7 +286,7 @@ def curves(labels: np.ndarray, scores: np.ndarray, hit: np.ndarray, ignored: np.
     cell = labels[counted] * t + step[counted]
 
     def at_or_above(weights):
-        per_step = np.bincount(cell, weights=weights, minlength=k * t).reshape(k, t)
+        per_step = np.bincount(cell, weights=weights, minlength=k * t).reshape(k, t).astype(np.float64)  # int64 when empty
         return np.cumsum(per_step[:, ::-1], axis=1)[:, ::-1]  # detections with score >= each threshold
 
     tp = at_or_above(hit[counted].astype(np.float64))

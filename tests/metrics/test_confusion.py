@@ -108,6 +108,15 @@ def test_without_any_hit_nothing_is_recommended_and_the_matrix_uses_0_5():
     assert "no recommended score threshold" in evaluator.last.describe()
 
 
+def test_no_detections_at_all_miss_every_box():
+    """An evaluation without a single detection (RetinaNet early in training keeps none above its score threshold)."""
+    rows = [row(1, box(0, 0, 0, 50, 50), box(1, 60, 60, 20, 20))]
+    evaluator = ConfusionEvaluator(ground_truth(rows, ["a", "b"]), ["a", "b"])
+    metrics = evaluator.evaluate([image(1)])
+    assert metrics == {"f1_50": 0.0, "f1_threshold": -1.0}
+    assert evaluator.last.matrix.tolist() == [[0, 0, 0], [0, 0, 0], [1, 1, 0]]  # both boxes missed
+
+
 def test_predictions_for_an_unknown_image_are_an_error():
     evaluator = ConfusionEvaluator(ground_truth(ROWS, NAMES), NAMES)
     with pytest.raises(ValueError, match="image ids not in the evaluated ground truth, e.g. 99"):

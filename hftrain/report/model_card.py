@@ -188,14 +188,16 @@ def _recipe_rows(recipe: dict, kind: str) -> list[tuple[str, str]]:
 def _augmentation(data: dict) -> str:
     augment = data.get("augment") or {}
     parts = [f"horizontal flip {data.get('hflip')}"] if data.get("hflip") else []
+    if augment.get("preset", "none") != "none":  # data.augment.preset: the official pipeline, then the recipe's own values
+        parts.append(f"preset {augment['preset']}")
     parts += [f"{key.replace('_', ' ')} {augment[key]}" for key in ("mosaic", "mixup", "scale_jitter") if augment.get(key)]
     if augment.get("scale_jitter"):
         parts[-1] += f" (scale {augment.get('scale_range')})"
     if augment.get("close_mosaic_epoch"):
         parts.append(f"mosaic/mixup off from epoch {augment['close_mosaic_epoch']}")
-    parts += [f"{key} {value}" for key, value in augment.items()  # settings other versions add (presets...)
-              if key not in ("mosaic", "mixup", "scale_jitter", "scale_range", "close_mosaic_epoch", "min_box_size",
-                             "min_visible") and value not in (None, 0, 0.0, False, "", [], {})]
+    parts += [f"{key} {augment[key]}" for key in ("photometric", "zoom_out", "iou_crop", "random_resize", "size_crop",
+                                                  "hsv", "affine", "multiscale", "stop_epoch")  # the operations set
+              if augment.get(key) not in (None, 0, 0.0, False, "", [])]  # (their parameters: in recipe.yaml)
     return ", ".join(parts) or "none"
 
 

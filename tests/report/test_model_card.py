@@ -77,6 +77,8 @@ def test_the_body_has_the_recipe_metrics_per_class_ap_training_usage_and_plots()
                 "![pr_curves](plots/pr_curves.png)", "![f1_curve](plots/f1_curve.png)"):
         assert row in body, row
     assert "2 classes: kangaroo, wallaby" in body and "after epoch 12" in body
+    text = str(build_card(INFO, recipe(**{"data.augment.preset": "rtdetr", "data.augment.stop_epoch": 11}), CONFIG, []))
+    assert "| augmentation | horizontal flip 0.5, preset rtdetr, stop_epoch 11 |" in text
     assert "recommended score threshold, 0.421" in body
 
 

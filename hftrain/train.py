@@ -13,6 +13,7 @@ import argparse
 import math
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: put the repository, not hftrain/, first on the path
@@ -24,7 +25,7 @@ from accelerate.utils import set_seed
 from transformers.utils import logging as hf_logging
 
 from hftrain.data.loader import load_data, make_eval_loader, make_train_loader, materialise_synthetic
-from hftrain.engine import checkpoints, early_stop, publish, trackers
+from hftrain.engine import checkpoints, early_stop, process_exit, publish, trackers
 from hftrain.engine.accelerator import cpu_threads, make_accelerator, speed_settings, use_cpu
 from hftrain.engine.batching import MicroBatching
 from hftrain.engine.ema import ModelEma
@@ -91,6 +92,8 @@ def train(recipe: Recipe, resume: str | bool | None = None, exit_code: bool = Fa
     if accelerator.is_main_process:
         save_recipe(recipe, Path(recipe.output_dir) / "recipe.yaml")
     run, total_steps = build_run(recipe, data, detector, accelerator, log, memory)
+    if accelerator.num_processes > 1:  # the run holds the process group: never freed, the process ends in main()
+        process_exit.keep_until_exit(run)
     start_epoch = checkpoints.resume(run, resume) if resume else 1
     log.header(header_rows(run, data, memory.describe(allocator), total_steps)
                + [("memory", run.health.view.header(recipe.cuda.memory_fraction))] + speed)
@@ -245,6 +248,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; a multi-process run ends its process here without freeing DDP and the process group
+    (:mod:`hftrain.engine.process_exit`), after a traceback if it failed."""
+    try:
+        code = run_command(argv)
+    except Exception:
+        if not process_exit.kept():
+            raise
+        traceback.print_exc()
+        code = 1
+    return process_exit.exit_process(code)
+
+
+def run_command(argv: list[str] | None) -> int:
     args = parse_args(argv)
     overrides = args.overrides + (["debug=true"] if args.debug else [])
     try:

@@ -29,6 +29,7 @@ from hftrain.models.registry import build_model
 from hftrain.recipe import RecipeError, RUN_ONLY, load_recipe, missing_paths
 from hftrain.report import confusion_plots, plots
 from hftrain.report.runlog import RunLog
+from hftrain.engine import process_exit
 from hftrain.engine.accelerator import resolve_precision, use_cpu
 from hftrain.engine.evaluation import predict, score
 from hftrain.models.inputs import Normalize
@@ -98,6 +99,8 @@ def evaluate_run(run_dir: str | Path, weights: str = "best", split: str = "val",
     loader = make_eval_loader(dataset, recipe.eval.batch_size or recipe.train.batch_size, recipe.data,
                               recipe.train.seed, detector)
     model, loader = accelerator.prepare(detector.model, loader)
+    if accelerator.num_processes > 1:  # holds the process group: never freed (hftrain.engine.process_exit)
+        process_exit.keep_until_exit(model, accelerator)
     normalize = Normalize(detector.image_mean, detector.image_std, accelerator.device)
     evaluator = CocoEvaluator(dataset.rows, class_names, recipe.eval.backend) if accelerator.is_main_process else None
     voc_evaluator = VocEvaluator(dataset.rows, class_names) if recipe.eval.voc and accelerator.is_main_process else None
@@ -146,5 +149,5 @@ def eval_main(argv: list[str]) -> int:
         evaluate_run(args.run_dir, args.weights, args.split, args.data, args.name)
     except (FileNotFoundError, ValueError, RecipeError) as err:
         print(f"hftrain eval: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return process_exit.exit_process(2)
+    return process_exit.exit_process(0)

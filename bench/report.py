@@ -32,18 +32,12 @@ def row(bench: str, measure: str, ours: float | None, baseline: float | None, un
 
 def machine() -> dict:
     """What the figures were taken on (absolute times only compare on the same hardware)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
+    from hftrain.engine.publish import cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
             "platform": platform.platform(), "gpu": gpu, "load_average": os.getloadavg()}
 
 

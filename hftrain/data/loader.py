@@ -14,7 +14,7 @@ from hftrain.data.augment import MIXUP_BETA, MOSAIC_CENTRE, mixup, mosaic, scale
 from hftrain.data import geometric
 from hftrain.data.multiscale import MultiScaleBatches
 from hftrain.data.photometric import gray_mean, hsv_jitter, hsv_params, photometric_distort, photometric_params
-from hftrain.recipe.schema import resolve_augment
+from hftrain.recipe.presets import resolve_augment
 from hftrain.data.blacklist import size_mismatch
 from hftrain.data.collate import Collate
 from hftrain.data.decode import decode_for_size

@@ -10,7 +10,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import ProjectConfiguration
 
 from hftrain.engine.trackers import tracker_names
-from hftrain.recipe.schema import resolve_augment
+from hftrain.recipe.presets import resolve_augment
 
 
 def resolve_precision(mode: str) -> str:

@@ -37,7 +37,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from hftrain.recipe.schema import resolve_augment
+from hftrain.recipe.presets import resolve_augment
 
 INJECT_ENV = "HFTRAIN_TEST_OOM_ABOVE"
 PROBE_STEPS = 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from hftrain.recipe.schema import AugmentConfig, Recipe, SplitConfig, resolve_augment
+from hftrain.recipe.presets import resolve_augment
+from hftrain.recipe.schema import AugmentConfig, Recipe, SplitConfig
 
 
 def check_values(recipe: Recipe, problems: list[str]) -> None:

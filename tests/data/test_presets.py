@@ -20,7 +20,7 @@ from hftrain.data.multiscale import MultiScaleBatches, side_for
 from hftrain.data.sources import load_split
 from hftrain.data.transforms import Resize
 from hftrain.recipe import AugmentConfig, RecipeError, load_recipe
-from hftrain.recipe.schema import RTDETR_SCALES, resolve_augment
+from hftrain.recipe.presets import RTDETR_SCALES, resolve_augment
 
 SIDE = 64
 

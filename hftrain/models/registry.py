@@ -8,7 +8,7 @@ from typing import Callable
 from hftrain.models.detector import Detector
 from hftrain.models.pretrained import PretrainedNotFound, check_pretrained
 from hftrain.models.detr import build_conditional_detr, build_deformable_detr, build_detr
-from hftrain.models.retinanet import build_retinanet
+from hftrain.models.retinanet_builder import build_retinanet
 from hftrain.models.rt_detr import build_d_fine, build_rt_detr, build_rt_detr_v2
 
 Builder = Callable[..., Detector]

@@ -10,17 +10,14 @@ Coordinates: the model works on the padded canvas it is given. Label boxes are n
 ``RetinaNetForObjectDetection.postprocess`` maps canvas coordinates 0..1 to ``target_sizes``.
 
 ``RetinaNetConfig``/``RetinaNetForObjectDetection`` are registered with ``AutoConfig`` and
-``AutoModelForObjectDetection`` by ``register_retinanet()`` (called by the builder), so a saved
+``AutoModelForObjectDetection`` by ``register_retinanet()`` (called by :mod:`hftrain.models.retinanet_builder`), so a saved
 model loads with ``AutoModelForObjectDetection.from_pretrained(directory)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +34,8 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from hftrain.models.anchors import cell_anchors, decode_boxes, encode_boxes, grid_anchors, match_anchors
 from hftrain.models.cbn import CrossIterationBatchNorm2d
-from hftrain.models.detector import Detector
 from hftrain.models.nms import batched_nms, box_iou
 from hftrain.models.norms import (
     NORM_SCOPES,
@@ -146,89 +143,7 @@ class RetinaNetObjectDetectionOutput(ModelOutput):
 
 
 # ---------------------------------------------------------------------------------------------
-# Anchors, matching, box coding
-
-
-def cell_anchors(size: float, scales_per_octave: int, ratios: list[float] | tuple[float, ...]) -> torch.Tensor:
-    """(S * R, 4) xyxy anchors centred at 0: sizes ``size * 2**(i / S)``, height/width ratio r.
-
-    Ordered size-major (all ratios of the first size, then the next), as detectron2.
-    """
-    boxes = []
-    for i in range(scales_per_octave):
-        area = (size * 2 ** (i / scales_per_octave)) ** 2
-        for ratio in ratios:
-            w = math.sqrt(area / ratio)
-            h = ratio * w
-            boxes.append([-w / 2, -h / 2, w / 2, h / 2])
-    return torch.tensor(boxes)
-
-
-def grid_anchors(cell: torch.Tensor, stride: int, height: int, width: int, offset: float) -> torch.Tensor:
-    """(H * W * A, 4) anchors of one level, ordered (y, x, anchor) like the flattened head output."""
-    ys = (torch.arange(height, dtype=torch.float32) + offset) * stride
-    xs = (torch.arange(width, dtype=torch.float32) + offset) * stride
-    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-    shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
-    return (shifts + cell.reshape(1, -1, 4)).reshape(-1, 4)
-
-
-LOW_QUALITY_MIN_IOU = 1e-6
-"""A ground-truth box whose best anchor overlaps it less than this gets no low-quality match."""
-
-
-def match_anchors(
-    iou: torch.Tensor, fg_threshold: float, bg_threshold: float, allow_low_quality: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Assign anchors to ground truth from an (G, A) IoU matrix.
-
-    Returns ``(matched_gt, label)``, both (A,): the index of the best ground-truth box, and
-    1 (positive, IoU >= fg), 0 (negative, IoU < bg) or -1 (ignored, in between). With
-    ``allow_low_quality``, every anchor whose IoU with some box equals that box's best IoU is
-    positive too (detectron2's rule, ties included), so that no box goes unmatched.
-    """
-    num_anchors = iou.shape[1]
-    if iou.shape[0] == 0:
-        return (
-            torch.zeros(num_anchors, dtype=torch.long, device=iou.device),
-            torch.zeros(num_anchors, dtype=torch.long, device=iou.device),
-        )
-    best_iou, matched_gt = iou.max(dim=0)
-    label = torch.full_like(matched_gt, -1)
-    label[best_iou < bg_threshold] = 0
-    label[best_iou >= fg_threshold] = 1
-    if allow_low_quality:
-        best_per_gt = iou.max(dim=1, keepdim=True).values
-        is_best = (iou == best_per_gt) & (best_per_gt >= LOW_QUALITY_MIN_IOU)
-        label[is_best.any(dim=0)] = 1
-    return matched_gt, label
-
-
-def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
-    """(dx, dy, dw, dh) regression targets of xyxy ``boxes`` relative to xyxy ``anchors``."""
-    wx, wy, ww, wh = weights
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
-    bw = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
-    bh = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
-    bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
-    return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], 1)
-
-
-DELTA_CLAMP = math.log(1000.0 / 16)
-"""Largest dw/dh used when decoding (detectron2's scale clamp)."""
-
-
-def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
-    """Inverse of ``encode_boxes``: xyxy boxes from (..., 4) deltas and matching anchors."""
-    wx, wy, ww, wh = weights
-    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
-    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
-    cx = deltas[..., 0] / wx * aw + ax
-    cy = deltas[..., 1] / wy * ah + ay
-    w = torch.exp((deltas[..., 2] / ww).clamp(max=DELTA_CLAMP)) * aw
-    h = torch.exp((deltas[..., 3] / wh).clamp(max=DELTA_CLAMP)) * ah
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+# The loss
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -536,77 +451,10 @@ class RetinaNetForObjectDetection(RetinaNetPreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration and the builder
+# Registration (the builder: hftrain.models.retinanet_builder)
 
 
 def register_retinanet() -> None:
     """Make ``AutoConfig``/``AutoModelForObjectDetection`` know ``hftrain_retinanet`` (idempotent)."""
     AutoConfig.register(MODEL_TYPE, RetinaNetConfig, exist_ok=True)
     AutoModelForObjectDetection.register(RetinaNetConfig, RetinaNetForObjectDetection, exist_ok=True)
-
-
-_RESNET_FIELDS = frozenset(f.name for f in dataclasses.fields(ResNetConfig))
-_RETINANET_FIELDS = frozenset(f.name for f in dataclasses.fields(RetinaNetConfig))
-
-
-def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(RetinaNet fields, ResNet fields): ResNet keys may sit at the top level or in ``backbone_config``."""
-    retinanet = dict(overrides)
-    backbone = dict(retinanet.pop("backbone_config", None) or {})
-    for key in list(retinanet):
-        if key not in _RETINANET_FIELDS and key in _RESNET_FIELDS:
-            backbone[key] = retinanet.pop(key)
-    unknown = set(retinanet) - _RETINANET_FIELDS
-    if unknown:
-        raise ValueError(f"model.config: unknown RetinaNet/ResNet settings {sorted(unknown)}")
-    return retinanet, backbone
-
-
-def _load_pretrained_backbone(model: RetinaNetForObjectDetection, directory: str) -> None:
-    """Copy a local transformers ResNet checkpoint into ``model.backbone`` (norms converted alike)."""
-    pretrained = ResNetBackbone.from_pretrained(directory, out_features=list(BACKBONE_STAGES))
-    if "backbone" in model.config.norm_scope:
-        convert_backbone_norms(pretrained, model.config.norm, model.config.cbn_options)
-    model.backbone.load_state_dict(pretrained.state_dict())
-
-
-def build_retinanet(cfg, class_names: list[str], fp32_criterion: bool = True) -> Detector:
-    """Build RetinaNet from the recipe's model section.
-
-    ``cfg.config`` holds ``RetinaNetConfig`` fields, plus ResNet fields (top level or under
-    ``backbone_config``). ``cfg.pretrained`` is a local directory with either a transformers
-    ResNet checkpoint (backbone weights; its architecture wins over ``cfg.config``) or a saved
-    ``hftrain_retinanet`` (whole model; the class head is re-initialised if the labels differ).
-    ``fp32_criterion`` is accepted for the registry's signature: the loss always runs in fp32.
-    """
-    del fp32_criterion
-    register_retinanet()
-    settings, backbone = _split_overrides(cfg.config or {})
-    labels = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
-    settings.update(norm=cfg.norm, norm_scope=list(cfg.norm_scope))
-    pretrained_type = None
-    if cfg.pretrained:
-        config_file = Path(cfg.pretrained) / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"model.pretrained: no config.json in {cfg.pretrained!r} (a local directory)")
-        pretrained_type = json.loads(config_file.read_text()).get("model_type")
-    if pretrained_type == MODEL_TYPE:
-        model = RetinaNetForObjectDetection.from_pretrained(
-            cfg.pretrained, ignore_mismatched_sizes=True, **labels, **settings
-        )
-    else:
-        if pretrained_type is not None:
-            backbone = ResNetConfig.from_pretrained(cfg.pretrained).to_dict()
-        model = RetinaNetForObjectDetection(RetinaNetConfig(backbone_config=backbone or None, **settings, **labels))
-        if pretrained_type is not None:
-            _load_pretrained_backbone(model, cfg.pretrained)
-    return Detector(
-        model=model,
-        postprocess=model.postprocess,
-        image_processor=None,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        uses_pixel_mask=False,
-        find_unused_parameters=False,
-        backbone_prefixes=("backbone.",),
-    )

@@ -11,7 +11,7 @@ from torch import nn
 
 from hftrain.models.cbn import ConvCBN, CrossIterationBatchNorm2d
 from hftrain.models.norms import FrozenBatchNorm2d, convert_backbone_norms, group_count, resolve_norm_kind
-from hftrain.models.retinanet import build_retinanet
+from hftrain.models.retinanet_builder import build_retinanet
 
 NORM_CLASS = {
     "bn": nn.BatchNorm2d,

@@ -10,15 +10,9 @@ import torch
 import transformers
 
 from hftrain.models.nms import box_iou
-from hftrain.models.retinanet import (
-    RetinaNetObjectDetectionOutput,
-    build_retinanet,
-    cell_anchors,
-    decode_boxes,
-    encode_boxes,
-    match_anchors,
-    register_retinanet,
-)
+from hftrain.models.anchors import cell_anchors, decode_boxes, encode_boxes, match_anchors
+from hftrain.models.retinanet import RetinaNetObjectDetectionOutput, register_retinanet
+from hftrain.models.retinanet_builder import build_retinanet
 
 TINY_RESNET = {
     "depths": [1, 1, 1, 1],

@@ -11,6 +11,7 @@ Only the main process writes or prints; the other processes' RunLog does nothing
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -138,6 +139,7 @@ class RunLog:
             self.progress = None
 
 
+@functools.lru_cache(maxsize=1024)  # the same few dozen keys every step
 def tracker_key(key: str) -> str:
     """A metrics.jsonl key as every tracker accepts it: characters other than letters, digits, ``_ - . /``
     and space (MLflow refuses them, e.g. in a class name of ``eval/ap_<class>``) become ``_``."""

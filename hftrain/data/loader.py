@@ -130,11 +130,9 @@ class DetectionDataset(Dataset):
         return sample
 
     def side_size(self, view, side: int) -> tuple[int, int]:
-        """(height, width) of ``view`` resized to ``side``: side x side for data.resize square, else its
-        shorter side ``side`` with the longer at most data.max_size."""
-        if self.resize.square:
-            return side, side
-        return geometric.shortest_side_size(view, side, self.resize.max_size)
+        """(height, width) of ``view`` resized to ``side`` by the recipe's resize rule (data.resize square:
+        side x side; else shorter side ``side``, the longer at most data.max_size)."""
+        return replace(self.resize, min_size=side).output_size(*view.size())
 
     @property
     def moves_pixels(self) -> bool:

@@ -116,7 +116,8 @@ class RunPictures:
         plots.plot_label_statistics(stats, self.plots_dir / "label_stats.png")
 
     def _train_batch(self, data, batch_size: int, data_cfg, seed: int, needs, epoch: int) -> None:
-        loader = batch_picture.loader_like_training(data, batch_size, data_cfg, seed, needs)
+        loader = batch_picture.loader_like_training(data, batch_size, data_cfg, seed, needs,
+                                                   self.accelerator.num_processes)
         batches = batch_picture.first_batches(loader, epoch)
         grid = batch_picture.batch_grid(batches, self.class_names, needs.uses_pixel_mask, epoch,
                                       processes=self.accelerator.num_processes)

@@ -42,11 +42,13 @@ HATCH_PERIOD = 8
 """Pixels (in the picture) of one stripe pair."""
 
 
-def loader_like_training(data, batch_size: int, data_cfg, seed: int, needs):
+def loader_like_training(data, batch_size: int, data_cfg, seed: int, needs, num_processes: int = 1):
     """A training loader of its own: ``make_train_loader`` with the run's dataset, batch size, data
-    section (sampler, aspect-ratio groups), seed and collate (``needs``: the detector's
-    ``uses_pixel_mask`` and ``pad_to_multiple``), read in this process (no workers, no pinning)."""
-    return make_train_loader(data, batch_size, replace(data_cfg, num_workers=0, pin_memory=False), seed, needs)
+    section (sampler, aspect-ratio groups), seed, collate (``needs``: the detector's ``uses_pixel_mask``
+    and ``pad_to_multiple``) and number of processes (the multi-scale side of a batch depends on it),
+    read in this process (no workers, no pinning)."""
+    return make_train_loader(data, batch_size, replace(data_cfg, num_workers=0, pin_memory=False), seed, needs,
+                             num_processes=num_processes)
 
 
 def set_epoch(loader, epoch: int) -> None:

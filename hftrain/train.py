@@ -115,19 +115,19 @@ def build_run(recipe: Recipe, data, detector, accelerator, log: RunLog, memory: 
     phases, seed = plan(recipe), recipe.train.seed
     per_device, accum = phases[0].batch_size, phases[0].accumulation
     accelerator.gradient_accumulation_steps = accum
-    train_loader = make_train_loader(data, per_device, recipe.data, seed, detector, accelerator.num_processes)
+    loader_of = lambda size: make_train_loader(data, size, recipe.data, seed, detector, accelerator.num_processes)  # noqa: E731
+    train_loader = loader_of(per_device)
     val_loader = make_eval_loader(data.val, recipe.eval.batch_size or per_device, recipe.data, seed, detector)
     if recipe.cuda.channels_last:  # cuda.channels_last: 4-D weights in NHWC order (convolutions follow them)
         detector.model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(detector.model, detector.backbone_prefixes, recipe.optim, accelerator.device.type)
     model, optimizer, train_loader, val_loader = accelerator.prepare(detector.model, optimizer, train_loader, val_loader)
-    count = lambda size: len(make_train_loader(data, size, recipe.data, seed, detector, accelerator.num_processes))  # noqa: E731
+    count = lambda size: len(loader_of(size))  # noqa: E731
     total_steps = sum(phase_steps(phase, len(train_loader), per_device, accelerator.num_processes, count)
                       * (phase.last_epoch - phase.first_epoch + 1) for phase in phases)
     scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, total_steps,
                                 math.ceil(len(train_loader) / accum))
-    rebuild = lambda size: accelerator.prepare(make_train_loader(data, size, recipe.data, seed, detector,
-                                                                     accelerator.num_processes))  # noqa: E731
+    rebuild = lambda size: accelerator.prepare(loader_of(size))  # noqa: E731  (out-of-memory recovery, phases)
     run_dir, main = Path(recipe.output_dir), accelerator.is_main_process
     health = Health(batching=MicroBatching(train_loader, per_device, accum, rebuild, accelerator, recipe, log),
                     guard=NonFiniteGuard(recipe.guard, run_dir, log, count_gradients=accelerator.mixed_precision != "fp16"),

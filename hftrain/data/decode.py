@@ -19,6 +19,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""The image files hftrain finds by extension (any case) in a folder: LabelImg-style VOC folders,
+``hftrain predict`` and ``hftrain export`` folders."""
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 CONVERTIBLE_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr")
 

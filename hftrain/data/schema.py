@@ -80,6 +80,11 @@ def class_names_of(dataset: datasets.Dataset) -> list[str]:
     return list(category.names)
 
 
+def class_names_of_id2label(id2label: dict) -> list[str]:
+    """A saved model's class names in label order, from its config's ``id2label`` (keys ints or strings)."""
+    return [name for _, name in sorted((int(i), name) for i, name in id2label.items())]
+
+
 def objects_of(row: dict) -> list[dict]:
     """A row's objects as a list of per-object dicts, whether stored as a list of dicts or as
     the Hub's dict of lists (``{"bbox": [...], "category": [...], ...}``)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hftrain.metrics.coco_eval import TABLE
+from hftrain.data.schema import class_names_of_id2label
 
 CARD_FILE = "README.md"
 PLOT_FILES = (
@@ -112,7 +113,7 @@ def build_card(info: dict, recipe: dict, config: dict, plots: list[str], repo_id
 
 def _body(info, recipe, config, plots, repo_id, model_name, left_out) -> list[str]:
     model, metrics = recipe.get("model") or {}, info.get("metrics") or {}
-    classes = [name for _, name in sorted(((int(k), v) for k, v in (config.get("id2label") or {}).items()))]
+    classes = class_names_of_id2label(config.get("id2label") or {})
     name, kind, _ = dataset_name(recipe)
     pretrained = model.get("pretrained")
     lines = [f"# {model_name}", "",

@@ -34,6 +34,7 @@ from hftrain.engine.accelerator import resolve_precision, use_cpu
 from hftrain.engine.evaluation import predict, score
 from hftrain.models.inputs import Normalize
 from hftrain.metrics.voc_eval import VocEvaluator
+from hftrain.data.schema import class_names_of_id2label
 
 SPLITS = ("train", "val", "test")
 
@@ -41,7 +42,7 @@ SPLITS = ("train", "val", "test")
 def model_class_names(weights: Path) -> list[str]:
     """The class names of a saved model, in label order (its config.json's ``id2label``)."""
     config = json.loads((weights / "config.json").read_text())
-    return [name for _, name in sorted((int(i), name) for i, name in config["id2label"].items())]
+    return class_names_of_id2label(config["id2label"])
 
 
 def check_classes(model_names: list[str], data_names: list[str], model_where, data_where: str) -> None:

@@ -38,6 +38,8 @@ from hftrain.models.postprocess import MAX_DETECTIONS
 from hftrain.models.registry import build_model
 from hftrain.recipe import RUN_ONLY, load_recipe
 from hftrain.tools.onnx_parity import Parity
+from hftrain.data.schema import class_names_of_id2label
+from hftrain.data.decode import IMAGE_EXTENSIONS
 
 FAMILY_OF_MODEL_TYPE = {
     "detr": "detr",
@@ -53,7 +55,6 @@ FAMILY_OF_MODEL_TYPE = {
 SOFTMAX_FAMILIES = {"detr"}
 GRID_SAMPLE_FAMILIES = {"deformable_detr", "rt_detr", "rt_detr_v2", "d_fine"}
 """Multi-scale deformable attention samples with ``grid_sample``: ONNX ``GridSample`` from opset 16."""
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PARITY_IMAGES = 3
 
 
@@ -97,7 +98,7 @@ def resolve_source(path: str | Path, weights: str) -> Source:
 
 def build_detector(source: Source):
     """The detector through hftrain's own builder (the evaluation's path), weights from ``model_dir``."""
-    class_names = [source.config["id2label"][key] for key in sorted(source.config["id2label"], key=int)]
+    class_names = class_names_of_id2label(source.config["id2label"])
     if source.recipe is not None:
         section = replace(source.recipe.model, pretrained=str(source.model_dir), config={})
     else:
@@ -154,7 +155,7 @@ def image_files(paths: list[str], source: Source) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             found.append(path)
         else:

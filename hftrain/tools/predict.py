@@ -48,8 +48,9 @@ from hftrain.models.inputs import Normalize
 from hftrain.models.registry import MODELS, build_model
 from hftrain.recipe import DataConfig, EvalConfig, ModelConfig, PrecisionConfig, RUN_ONLY, load_recipe
 from hftrain.report.draw import class_colour, draw_boxes, line_width
+from hftrain.data.schema import class_names_of_id2label
+from hftrain.data.decode import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """What a folder given as IMAGES is searched for (case-insensitive); files named directly may be anything."""
 DEFAULT_THRESHOLD = 0.5
 """The score threshold when neither --threshold nor the model's ``hftrain_score_threshold`` gives one."""
@@ -93,7 +94,7 @@ def resolve_source(path: str | Path) -> Source:
     else:
         raise FileNotFoundError(f"{path}: neither a run directory (recipe.yaml) nor a saved model folder (config.json)")
     config = json.loads((weights / "config.json").read_text())
-    class_names = [n for _, n in sorted((int(i), n) for i, n in config["id2label"].items())]
+    class_names = class_names_of_id2label(config["id2label"])
     category_ids = config.get("hftrain_category_ids")
     if category_ids is not None and len(category_ids) != len(class_names):
         raise ValueError(f"{weights / 'config.json'}: hftrain_category_ids has {len(category_ids)} ids for "
@@ -211,7 +212,7 @@ def draw_detections(image, detections: list[dict], class_names: list[str]):
 
 def drawn_name(path: Path, image_id: int, taken: set[str]) -> str:
     """The drawn image's file name: the image's own (``.png`` added to formats PIL cannot write), made unique."""
-    name = path.name if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff") \
+    name = path.name if path.suffix.lower() in IMAGE_EXTENSIONS \
         else path.name + ".png"
     if name in taken:
         name = f"{path.stem}_{image_id}{Path(name).suffix}"

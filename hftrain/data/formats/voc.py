@@ -50,6 +50,7 @@ from hftrain.data.formats.coco import MISSING_IMAGE, DatasetError, check_missing
 from hftrain.data.formats.columns import DetectionColumns
 from hftrain.data.formats.report import ConversionReport
 from hftrain.data.formats.image_paths import ImageRoot
+from hftrain.data.decode import IMAGE_EXTENSIONS
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -93,9 +94,6 @@ def read_voc_ids(devkit: Path, spec: str) -> tuple[str, list[str]]:
 
 RENAMED = "<filename> names another file: the image is JPEGImages/<id>.jpg, as in the devkit"
 BY_FILENAME = "image found by the XML's <filename> (no image has the XML's name)"
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-"""Image files of a VOC folder (compared in lower case)."""
 
 
 @dataclass

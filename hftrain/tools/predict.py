@@ -176,11 +176,13 @@ class CollateReadable:
         return batch
 
 
-def readable_batches(loader, device, unreadable: list[dict]):
-    """The loader's batches on ``device``, collecting the unreadable files; batches with no image are skipped."""
+def readable_batches(loader, device, unreadable: list[dict], sizes: dict[int, tuple[int, int]]):
+    """The loader's batches on ``device``, collecting the unreadable files and each image's (height, width)
+    as displayed (EXIF orientation applied) in ``sizes``; batches with no image are skipped."""
     for batch in loader:
         unreadable.extend(batch.pop("unreadable"))
         if batch["images"]:
+            sizes.update(zip(batch["image_ids"].tolist(), batch["orig_sizes"].int().tolist()))
             yield send_to_device(batch, device, non_blocking=True)
 
 
@@ -243,7 +245,8 @@ def predict_images(model_or_run: str | Path, images: list[str], out: str | Path,
     loader = DataLoader(ImageFiles(files, make_resize(source.data)), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate, worker_init_fn=share_by_name if workers else None)
     unreadable: list[dict] = []
-    batches = readable_batches(loader, accelerator.device, unreadable)
+    sizes: dict[int, tuple[int, int]] = {}
+    batches = readable_batches(loader, accelerator.device, unreadable, sizes)
     predictions = predict(model, batches, accelerator, detector, normalize, source.eval.max_detections)
     kept = []
     for p in predictions:  # the detections at or above the threshold
@@ -262,12 +265,13 @@ def predict_images(model_or_run: str | Path, images: list[str], out: str | Path,
         (out / "images").mkdir(exist_ok=True)
     for p in kept:
         path = files[p["image_id"]]
-        image = decode_image(path)  # as displayed (EXIF orientation applied), the frame of the boxes
+        height, width = sizes[p["image_id"]]
         detections = per_image.get(p["image_id"], [])
-        summary_images.append({"id": p["image_id"], "file_name": str(path), "width": image.width,
-                               "height": image.height, "detections": len(detections)})
-        if draw:
-            draw_detections(image, detections, source.class_names).save(out / "images" / drawn_name(path, p["image_id"], taken))
+        summary_images.append({"id": p["image_id"], "file_name": str(path), "width": width,
+                               "height": height, "detections": len(detections)})
+        if draw:  # decoded again only to draw: as displayed (EXIF orientation applied), the frame of the boxes
+            draw_detections(decode_image(path), detections, source.class_names).save(
+                out / "images" / drawn_name(path, p["image_id"], taken))
     summary = {
         "model": str(source.weights), "threshold": threshold, "threshold_from": threshold_from,
         "category_ids": "the dataset's own" if source.category_ids is not None else "class indices",

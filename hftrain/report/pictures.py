@@ -162,23 +162,24 @@ class RunPictures:
 
 
     def _send_to_trackers(self, step: int) -> None:
-        """plots/*.png to the trackers that take pictures, through the tracker objects Accelerate holds."""
-        files = sorted(self.plots_dir.glob("*.png"))
+        """Each new or redrawn plots/*.png, once, to the trackers that take pictures, through the tracker
+        objects Accelerate holds."""
+        stamps = {path: path.stat().st_mtime_ns for path in sorted(self.plots_dir.glob("*.png"))}
+        changed = [path for path, stamp in stamps.items() if self.sent.get(path.name) != stamp]
         for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":  # each new or redrawn picture once (the grid goes as val/predictions)
-                for path in files:
-                    stamp = path.stat().st_mtime_ns
-                    if path.name != "predictions.png" and self.sent.get(path.name) != stamp:
+            if tracker.name == "tensorboard":  # the grid goes as val/predictions
+                for path in changed:
+                    if path.name != "predictions.png":
                         with Image.open(path) as picture:
                             pixels = np.asarray(picture.convert("RGB"))
                         tracker.log_images({f"plots/{path.stem}": pixels[None]}, step=step, dataformats="NHWC")
-                        self.sent[path.name] = stamp
             elif tracker.name == "mlflow":  # MLflow's client for the tracker's run: its fluent API is per thread
                 from mlflow import MlflowClient
 
                 client = MlflowClient()
-                for path in files:
+                for path in changed:
                     client.log_artifact(tracker.tracker.info.run_id, str(path), PLOTS_DIR)
+        self.sent.update((path.name, stamps[path]) for path in changed)
 
 
 def grid_sample(dataset, row: dict, prediction: dict | None) -> draw.Sample:
